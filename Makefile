@@ -1,0 +1,37 @@
+# oneencoder: one target per stage; every stage is the same CLI with another config.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+CLI := $(VENV)/bin/oneencoder
+TORCH := torch==2.14.1 torchaudio==2.11.0 torchcodec==0.17.0
+SHAPES := data/shapes/manifest.jsonl
+
+.DEFAULT_GOAL := help
+.PHONY: help install up test test-full clean
+
+help:  ## list targets
+	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  %-12s %s\n", $$1, $$2}'
+
+$(VENV)/.installed: pyproject.toml constraints/ci.txt
+	python3 -m venv $(VENV)
+	# torch first and pinned: an unpinned resolve pulls gigabytes of another CUDA build.
+	$(PY) -m pip install -q -c constraints/ci.txt $(TORCH)
+	$(PY) -m pip install -q -c constraints/ci.txt -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed  ## create .venv with pinned dependencies (about 3 minutes)
+
+$(SHAPES): | $(VENV)/.installed
+	$(CLI) data shapes data/shapes
+
+up: install $(SHAPES)  ## stage 1: train the Universal Projection on image-text (planted shapes set)
+	$(CLI) fit --config configs/up.yaml --ckpt_path last
+	$(CLI) test --config configs/up.yaml --ckpt_path outputs/up/checkpoints/last.ckpt
+
+test: install  ## fast test suite (under 5 minutes on 2 cores)
+	$(PY) -m pytest -q
+
+test-full: install  ## every test, slow ones (DDP launches, full stage runs) included
+	$(PY) -m pytest -q -m ''
+
+clean:  ## remove outputs and generated data (keeps .venv)
+	rm -rf outputs data lightning_logs

@@ -1,0 +1,170 @@
+"""Paired records (image-text, audio-text, ...) from a manifest, as batches of encoder inputs."""
+
+from __future__ import annotations
+
+import logging
+import random
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+from lightning.pytorch import LightningDataModule
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from .manifest import BadRecordError, Record, read_manifest
+from .readers import READERS, MediaError
+
+log = logging.getLogger(__name__)
+
+Preprocess = Callable[[Sequence[Any]], dict[str, Tensor]]
+SKIP_HINT = "Fix or remove the record, or set `skip_bad_records: true` to skip such records."
+
+
+class PairDataset(Dataset):
+    """Item = {"index": record index, modality: [rows]}; None for a skipped bad record.
+
+    Text has one random caption per item in training and all captions in evaluation; media have one row.
+    """
+
+    def __init__(self, records: list[Record], modalities: tuple[str, ...], all_captions: bool, skip_bad_records: bool) -> None:
+        self.records = records
+        self.modalities = modalities
+        self.all_captions = all_captions
+        self.skip_bad_records = skip_bad_records
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> dict[str, Any] | None:
+        record = self.records[index]
+        item: dict[str, Any] = {"index": index}
+        for modality in self.modalities:
+            if modality == "text":
+                captions = record.captions()
+                item["text"] = captions if self.all_captions else [random.choice(captions)]
+                continue
+            try:
+                item[modality] = [READERS[modality](record.path(modality))]
+            except MediaError as error:
+                if self.skip_bad_records:
+                    log.warning("skipping %s: %s", record.where(), error)
+                    return None
+                raise BadRecordError(f"{record.where()}: {error}. {SKIP_HINT}") from None
+        return item
+
+
+class PairCollator:
+    """Items -> {"inputs": {modality: encoder inputs}, "owners": {modality: (rows, 2)}, "size",
+    "num_skipped"}.
+
+    Rows [0, size) of every modality are the records' pairs, in order; rows after that (extra
+    captions in evaluation) follow. `owners` gives each row's (record index, row within record).
+    """
+
+    def __init__(self, preprocessors: Mapping[str, Preprocess], modalities: tuple[str, ...]) -> None:
+        missing = [m for m in modalities if m not in preprocessors]
+        if missing:
+            raise ValueError(f"no preprocessor for {missing}; the model has {sorted(preprocessors)}")
+        self.preprocessors = preprocessors
+        self.modalities = modalities
+
+    def __call__(self, items: list[dict[str, Any] | None]) -> dict[str, Any]:
+        kept = [item for item in items if item is not None]
+        batch: dict[str, Any] = {"inputs": {}, "owners": {}, "size": len(kept), "num_skipped": len(items) - len(kept)}
+        if not kept:
+            return batch
+        for modality in self.modalities:
+            rows = [item[modality][0] for item in kept]
+            owners = [(item["index"], 0) for item in kept]
+            for item in kept:
+                for position, row in enumerate(item[modality][1:], start=1):
+                    rows.append(row)
+                    owners.append((item["index"], position))
+            batch["inputs"][modality] = self.preprocessors[modality](rows)
+            batch["owners"][modality] = torch.tensor(owners, dtype=torch.long)
+        return batch
+
+
+class ManifestDataModule(LightningDataModule):
+    """Pairs of two modalities from a JSON Lines manifest, split by its `split` field.
+
+    Bad records (a missing file, an empty caption) raise BadRecordError naming the manifest line and
+    the file; with `skip_bad_records` they are skipped, counted and logged instead. Files that exist
+    but do not decode are found while reading: skipped ones are counted in each batch's `num_skipped`.
+    `preprocessors` comes from the model (the CLI links it): {modality: callable}.
+    """
+
+    def __init__(
+        self,
+        manifest: str,
+        modalities: tuple[str, str] = ("image", "text"),
+        batch_size: int = 64,
+        eval_batch_size: int | None = None,
+        num_workers: int = 2,
+        skip_bad_records: bool = False,
+        preprocessors: Mapping[str, Preprocess] | None = None,
+    ) -> None:
+        super().__init__()
+        unknown = [m for m in modalities if m != "text" and m not in READERS]
+        if unknown:
+            raise ValueError(f"no reader for modalities {unknown}; readable: {['text', *READERS]}")
+        self.manifest = manifest
+        self.modalities = tuple(modalities)
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.num_workers = num_workers
+        self.skip_bad_records = skip_bad_records
+        self.preprocessors = preprocessors
+        self.splits: dict[str, list[Record]] = {}
+        self.num_skipped_at_setup = 0
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.splits:
+            return
+        records = read_manifest(self.manifest)
+        paired = [r for r in records if all(m in r.fields for m in self.modalities)]
+        skipped = 0
+        usable = []
+        for record in paired:
+            try:
+                record.check(self.modalities)
+            except BadRecordError as error:
+                if not self.skip_bad_records:
+                    raise BadRecordError(f"{error}. {SKIP_HINT}") from None
+                log.warning("skipping %s", error)
+                skipped += 1
+                continue
+            usable.append(record)
+        self.splits = {split: [r for r in usable if r.split == split] for split in ("train", "val", "test")}
+        log.info(
+            "%s: %d records, %d with %s, %d skipped as bad; train %d, val %d, test %d",
+            self.manifest, len(records), len(paired), "+".join(self.modalities), skipped,
+            *(len(self.splits[s]) for s in ("train", "val", "test")),
+        )
+        self.num_skipped_at_setup = skipped
+
+    def _loader(self, split: str, train: bool) -> DataLoader:
+        if self.preprocessors is None:
+            raise RuntimeError("ManifestDataModule needs `preprocessors` (the model's) before it can load batches")
+        records = self.splits[split]
+        if not records:
+            raise ValueError(f"{self.manifest} has no {split!r} records with {' and '.join(self.modalities)}")
+        dataset = PairDataset(records, self.modalities, all_captions=not train, skip_bad_records=self.skip_bad_records)
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size if train else self.eval_batch_size,
+            shuffle=train,
+            drop_last=train and len(records) > self.batch_size,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            collate_fn=PairCollator(self.preprocessors, self.modalities),
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", train=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", train=False)

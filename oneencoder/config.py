@@ -1,0 +1,83 @@
+"""Typed configs saved beside the weights, so that a folder alone rebuilds a model."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+FUSIONS = ("add", "multiply", "concat", "cross_attention")
+
+
+@dataclass
+class EncoderConfig:
+    """How to build one frozen encoder and its preprocessing.
+
+    Exactly one of ``pretrained`` (a hub name or a local folder) and ``model_config`` (keyword
+    arguments of ``transformers.AutoConfig.for_model``, for tiny random encoders in tests) is set.
+    ``processor`` overrides preprocessing settings (``max_length``, ``size``, ``sampling_rate``,
+    ``num_frames``...). ``vocab`` gives a word-level vocabulary to a text encoder built from
+    ``model_config``, which has no tokenizer of its own.
+    """
+
+    kind: str
+    pretrained: str | None = None
+    model_config: dict[str, Any] | None = None
+    processor: dict[str, Any] = field(default_factory=dict)
+    vocab: list[str] | None = None
+    backend: str = "transformers"
+
+    def __post_init__(self) -> None:
+        if (self.pretrained is None) == (self.model_config is None):
+            raise ValueError(
+                f"EncoderConfig(kind={self.kind!r}) needs exactly one of `pretrained` (a model name or"
+                f" folder) and `model_config` (a config dict for a randomly initialised model); got"
+                f" pretrained={self.pretrained!r}, model_config={'set' if self.model_config else None}"
+            )
+
+
+@dataclass
+class OneEncoderConfig:
+    """OneEncoder's model: per-modality heads and tokens around one shared Universal Projection.
+
+    Defaults are the paper's: d = 256, one UP layer with 4 heads and PyTorch's transformer defaults,
+    one 3-d modality token through an MLP 3 -> 64 -> 128 -> d, fusion by addition.
+    """
+
+    encoders: dict[str, EncoderConfig]
+    embed_dim: int = 256
+    head_dropout: float = 0.1
+    fusion: str = "add"
+    num_modality_tokens: int = 1
+    token_dim: int = 3
+    token_hidden_dims: tuple[int, ...] = (64, 128)
+    up_layers: int = 1
+    up_heads: int = 4
+    up_ff_dim: int = 2048
+    up_dropout: float = 0.1
+
+    def __post_init__(self) -> None:
+        self.encoders = {
+            name: cfg if isinstance(cfg, EncoderConfig) else EncoderConfig(**cfg)
+            for name, cfg in self.encoders.items()
+        }
+        self.token_hidden_dims = tuple(self.token_hidden_dims)
+        if self.fusion not in FUSIONS:
+            raise ValueError(f"fusion must be one of {FUSIONS} (got {self.fusion!r})")
+        if self.embed_dim % self.up_heads:
+            raise ValueError(
+                f"embed_dim must be divisible by up_heads (got {self.embed_dim} and {self.up_heads})"
+            )
+        if not self.encoders:
+            raise ValueError("OneEncoderConfig needs at least one encoder")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> OneEncoderConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown OneEncoderConfig keys {sorted(unknown)}; valid keys: {sorted(known)}")
+        return cls(**data)

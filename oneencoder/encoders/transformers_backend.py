@@ -1,0 +1,239 @@
+"""Frozen encoders from transformers: text (BERT-like), image (ViT-like), audio (wav2vec2-like) and
+video (VideoMAE-like), each from a pretrained name or folder, or from a config dict for tests."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..config import EncoderConfig
+from .base import EncoderOutput, FrozenEncoder, Preprocessor
+
+SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+
+
+class EncoderLoadError(OSError):
+    """A pretrained encoder could not be found locally or downloaded."""
+
+
+def _from_pretrained(loader: Any, source: str, what: str, **kwargs: Any) -> Any:
+    try:
+        return loader.from_pretrained(source, **kwargs)
+    except (OSError, ValueError) as error:
+        offline = os.environ.get("HF_HUB_OFFLINE", "0")
+        raise EncoderLoadError(
+            f"cannot load the {what} {source!r} ({type(error).__name__}: {str(error).splitlines()[0]})."
+            f" HF_HUB_OFFLINE={offline}: with it set to 1 only local folders and models already in the"
+            " Hugging Face cache load. Download the model once on a machine with network access, or set"
+            " `pretrained` to a local folder that holds it."
+        ) from None
+
+
+class ProcessorWrapper(Preprocessor):
+    """A transformers tokenizer / image processor / feature extractor plus the call settings."""
+
+    def __init__(self, processor: Any, **call_settings: Any) -> None:
+        self.processor = processor
+        self.call_settings = call_settings
+
+    def settings(self) -> dict[str, Any]:
+        config = self.processor.get_vocab() if hasattr(self.processor, "get_vocab") else self.processor.to_dict()
+        return {"processor": config, "call": self.call_settings}
+
+    def save_pretrained(self, folder: str) -> None:
+        self.processor.save_pretrained(folder)
+
+
+class TextPreprocessor(ProcessorWrapper):
+    def __call__(self, items: Sequence[str]) -> dict[str, Tensor]:
+        encoded = self.processor(list(items), padding=True, truncation=True, return_tensors="pt", **self.call_settings)
+        return {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
+
+
+class ImagePreprocessor(ProcessorWrapper):
+    def __call__(self, items: Sequence[Any]) -> dict[str, Tensor]:
+        return {"pixel_values": self.processor(list(items), return_tensors="pt")["pixel_values"]}
+
+
+class AudioPreprocessor(ProcessorWrapper):
+    """1-d float waveforms at the extractor's sampling rate -> padded values + sample mask."""
+
+    def __call__(self, items: Sequence[np.ndarray]) -> dict[str, Tensor]:
+        encoded = self.processor(
+            [np.asarray(x, dtype=np.float32) for x in items],
+            sampling_rate=self.processor.sampling_rate,
+            padding=True,
+            return_attention_mask=True,
+            return_tensors="pt",
+        )
+        return {"input_values": encoded["input_values"], "attention_mask": encoded["attention_mask"]}
+
+
+class VideoPreprocessor(ProcessorWrapper):
+    """Clips of exactly `num_frames` HxWx3 uint8 frames -> (batch, frames, 3, H, W)."""
+
+    def __call__(self, items: Sequence[Sequence[np.ndarray]]) -> dict[str, Tensor]:
+        clips = [list(clip) for clip in items]
+        expected = self.call_settings["num_frames"]
+        for clip in clips:
+            if len(clip) != expected:
+                raise ValueError(f"the video encoder takes {expected} frames per clip (got {len(clip)})")
+        return {"pixel_values": self.processor(clips, return_tensors="pt")["pixel_values"]}
+
+
+class TransformersEncoder(FrozenEncoder):
+    """Shared loading and saving; subclasses say how to build the preprocessor and read tokens."""
+
+    def __init__(self, config: EncoderConfig) -> None:
+        super().__init__()
+        from transformers import AutoConfig, AutoModel
+
+        self.config = config
+        if config.pretrained is not None:
+            self.model = _from_pretrained(AutoModel, config.pretrained, f"{self.kind} encoder")
+        else:
+            model_config = dict(config.model_config or {})
+            model_type = model_config.pop("model_type")
+            self.model = AutoModel.from_config(AutoConfig.for_model(model_type, **model_config))
+        self.preprocessor = self._build_preprocessor(config)
+        self._finish_init()
+
+    def _build_preprocessor(self, config: EncoderConfig) -> Preprocessor:
+        raise NotImplementedError
+
+    @property
+    def dim(self) -> int:
+        return int(self.model.config.hidden_size)
+
+    def save_pretrained(self, folder: str) -> None:
+        self.model.save_pretrained(folder)
+        self.preprocessor.save_pretrained(folder)
+
+    def _all_valid(self, tokens: Tensor) -> EncoderOutput:
+        return EncoderOutput(tokens, torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device))
+
+
+class TextEncoder(TransformersEncoder):
+    kind = "text"
+
+    def _build_preprocessor(self, config: EncoderConfig) -> Preprocessor:
+        from transformers import AutoTokenizer
+
+        settings = {"max_length": 128, **config.processor}
+        if config.pretrained is not None:
+            return TextPreprocessor(_from_pretrained(AutoTokenizer, config.pretrained, "tokenizer"), **settings)
+        if not config.vocab:
+            raise ValueError(
+                "a text encoder built from `model_config` needs `vocab` (a list of words) for its"
+                " tokenizer, or use `pretrained` to load a tokenizer with the model"
+            )
+        return TextPreprocessor(word_level_tokenizer(config.vocab), **settings)
+
+    def encode(self, inputs: dict[str, Tensor]) -> EncoderOutput:
+        hidden = self.model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
+        return EncoderOutput(hidden.last_hidden_state, inputs["attention_mask"].bool())
+
+
+def word_level_tokenizer(vocab: Sequence[str]) -> Any:
+    """A BERT-style tokenizer over whole lowercase words, for tiny test encoders."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    words = list(SPECIAL_TOKENS) + [w for w in dict.fromkeys(vocab) if w not in SPECIAL_TOKENS]
+    ids = {word: index for index, word in enumerate(words)}
+    backend = Tokenizer(models.WordLevel(vocab=ids, unk_token="[UNK]"))
+    backend.normalizer = normalizers.BertNormalizer(lowercase=True)
+    backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    backend.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", ids["[CLS]"]), ("[SEP]", ids["[SEP]"])]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        pad_token="[PAD]",
+        unk_token="[UNK]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+    )
+
+
+class ImageEncoder(TransformersEncoder):
+    kind = "image"
+
+    def _build_preprocessor(self, config: EncoderConfig) -> Preprocessor:
+        from transformers import AutoImageProcessor, ViTImageProcessorPil
+
+        if config.pretrained is not None:
+            return ImagePreprocessor(
+                _from_pretrained(AutoImageProcessor, config.pretrained, "image processor", backend="pil", **config.processor)
+            )
+        size = self.model.config.image_size
+        return ImagePreprocessor(ViTImageProcessorPil(**{"size": {"height": size, "width": size}, **config.processor}))
+
+    def encode(self, inputs: dict[str, Tensor]) -> EncoderOutput:
+        return self._all_valid(self.model(pixel_values=inputs["pixel_values"]).last_hidden_state)
+
+
+class AudioEncoder(TransformersEncoder):
+    """Waveforms -> one token per convolutional frame (20 ms for wav2vec2)."""
+
+    kind = "audio"
+
+    def _build_preprocessor(self, config: EncoderConfig) -> Preprocessor:
+        from transformers import AutoFeatureExtractor, Wav2Vec2FeatureExtractor
+
+        if config.pretrained is not None:
+            return AudioPreprocessor(
+                _from_pretrained(AutoFeatureExtractor, config.pretrained, "feature extractor", **config.processor)
+            )
+        return AudioPreprocessor(Wav2Vec2FeatureExtractor(**{"sampling_rate": 16000, **config.processor}))
+
+    def encode(self, inputs: dict[str, Tensor]) -> EncoderOutput:
+        sample_mask = inputs["attention_mask"]
+        # Models with group-norm feature extractors (wav2vec2-base) were trained on zero padding without
+        # an attention mask, and their card says not to pass one; layer-norm ones need it.
+        uses_mask = getattr(self.model.config, "feat_extract_norm", "layer") == "layer"
+        hidden = self.model(
+            input_values=inputs["input_values"], attention_mask=sample_mask if uses_mask else None
+        ).last_hidden_state
+        lengths = self.model._get_feat_extract_output_lengths(sample_mask.sum(-1))
+        positions = torch.arange(hidden.shape[1], device=hidden.device)
+        return EncoderOutput(hidden, positions[None, :] < lengths[:, None])
+
+
+class VideoEncoder(TransformersEncoder):
+    """Clips of `num_frames` frames -> space-time patch tokens."""
+
+    kind = "video"
+
+    def _build_preprocessor(self, config: EncoderConfig) -> Preprocessor:
+        from transformers import AutoImageProcessor, VideoMAEImageProcessorPil
+
+        num_frames = int(self.model.config.num_frames)
+        if config.pretrained is not None:
+            processor = _from_pretrained(
+                AutoImageProcessor, config.pretrained, "video processor", backend="pil", **config.processor
+            )
+        else:
+            size = self.model.config.image_size
+            defaults = {"size": {"shortest_edge": size}, "crop_size": {"height": size, "width": size}}
+            processor = VideoMAEImageProcessorPil(**{**defaults, **config.processor})
+        return VideoPreprocessor(processor, num_frames=num_frames)
+
+    def encode(self, inputs: dict[str, Tensor]) -> EncoderOutput:
+        return self._all_valid(self.model(pixel_values=inputs["pixel_values"]).last_hidden_state)
+
+
+ENCODERS: dict[str, type[TransformersEncoder]] = {
+    cls.kind: cls for cls in (TextEncoder, ImageEncoder, AudioEncoder, VideoEncoder)
+}
+
+
+def build_transformers_encoder(config: EncoderConfig) -> TransformersEncoder:
+    if config.kind not in ENCODERS:
+        raise ValueError(f"unknown encoder kind {config.kind!r}; valid kinds: {sorted(ENCODERS)}")
+    return ENCODERS[config.kind](config)

@@ -1,0 +1,49 @@
+"""Small per-modality layers: the projection head (also the shape of an Alignment Layer) and the
+learnable modality token."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import Tensor, nn
+
+
+class ProjectionHead(nn.Module):
+    """Per token: Linear(in -> d), GELU, Linear(d -> d), Dropout, LayerNorm (OneEncoder's head)."""
+
+    def __init__(self, in_dim: int, out_dim: int, dropout: float = 0.1) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(in_dim, out_dim),
+            nn.GELU(),
+            nn.Linear(out_dim, out_dim),
+            nn.Dropout(dropout),
+            nn.LayerNorm(out_dim),
+        )
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        """(batch, length, in_dim) -> (batch, length, out_dim)."""
+        return self.net(tokens)
+
+
+class ModalityToken(nn.Module):
+    """Learnable small vectors lifted to d by an MLP with ReLU and a final LayerNorm.
+
+    OneEncoder learns a 3-d vector per modality and maps it 3 -> 64 -> 128 -> d, which keeps the
+    number of new parameters per modality tiny.
+    """
+
+    def __init__(self, num_tokens: int, token_dim: int, hidden_dims: Sequence[int], out_dim: int) -> None:
+        super().__init__()
+        self.vectors = nn.Parameter(torch.randn(num_tokens, token_dim))
+        layers: list[nn.Module] = []
+        widths = [token_dim, *hidden_dims]
+        for width_in, width_out in zip(widths, widths[1:]):
+            layers += [nn.Linear(width_in, width_out), nn.ReLU()]
+        layers += [nn.Linear(widths[-1], out_dim), nn.LayerNorm(out_dim)]
+        self.mlp = nn.Sequential(*layers)
+
+    def forward(self) -> Tensor:
+        """-> (num_tokens, out_dim)."""
+        return self.mlp(self.vectors)

@@ -1,0 +1,53 @@
+"""The `oneencoder` command: LightningCLI's fit / validate / test / predict for every stage, plus
+`oneencoder data ...` to build data sets."""
+
+from __future__ import annotations
+
+import sys
+from typing import Sequence
+
+from jsonargparse import ArgumentParser
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+TOOL_COMMANDS = ("data",)
+
+
+class OneEncoderCLI(LightningCLI):
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        # The data module preprocesses in its workers with the model's (weight-free) preprocessors.
+        parser.link_arguments("model.preprocessors", "data.init_args.preprocessors", apply_on="instantiate")
+
+
+def data_command(argv: Sequence[str]) -> None:
+    from datamodules.shapes import write_shapes_dataset
+
+    parser = ArgumentParser(prog="oneencoder data", description="Build data sets in the manifest format.")
+    commands = parser.add_subcommands()
+    shapes = ArgumentParser(description="The planted coloured-shapes image-text set.")
+    shapes.add_argument("root", help="folder to write images/ and manifest.jsonl into")
+    shapes.add_argument("--train_per_combo", type=int, default=6)
+    shapes.add_argument("--size", type=int, default=32)
+    shapes.add_argument("--seed", type=int, default=0)
+    commands.add_subcommand("shapes", shapes)
+    args = parser.parse_args(list(argv))
+    if args.subcommand == "shapes":
+        options = args.shapes
+        manifest = write_shapes_dataset(options.root, options.train_per_combo, options.size, options.seed)
+        print(f"wrote {manifest}")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in TOOL_COMMANDS:
+        data_command(argv[1:])
+        return
+    OneEncoderCLI(
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        save_config_kwargs={"overwrite": True},
+        args=argv,
+    )
+
+
+if __name__ == "__main__":
+    main()
