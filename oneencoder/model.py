@@ -129,7 +129,12 @@ class OneEncoder(nn.Module):
             source = str(local.resolve()) if local.exists() and not local.is_absolute() else config.pretrained
             return dataclasses.replace(config, pretrained=source)
         relative = f"{ENCODER_FOLDER}/{modality}"
-        self.encoders[modality].save_pretrained(str(folder / relative))
+        encoder = self.encoders[modality]
+        marker = folder / relative / "fingerprint.txt"
+        # Frozen weights never change within a run: write them once, not at every improved epoch.
+        if not (marker.is_file() and marker.read_text() == encoder.fingerprint):
+            encoder.save_pretrained(str(folder / relative))
+            marker.write_text(encoder.fingerprint)
         return dataclasses.replace(config, pretrained=relative, model_config=None, vocab=None)
 
     @classmethod
