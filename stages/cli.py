@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import sys
+import warnings
 from typing import Sequence
 
 from jsonargparse import ArgumentParser
@@ -37,6 +38,8 @@ def data_command(argv: Sequence[str]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    # Frozen encoders stay in eval mode on purpose; Lightning's warning about that is noise here.
+    warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in TOOL_COMMANDS:
         data_command(argv[1:])

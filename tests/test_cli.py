@@ -1,0 +1,61 @@
+"""The `oneencoder` command as a user runs it, in subprocesses (as DDP needs)."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from oneencoder import OneEncoder
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
+
+
+def oneencoder(*args, cwd=ROOT, timeout=300):
+    result = subprocess.run(
+        [sys.executable, "-m", "stages.cli", *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=timeout
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.name)
+def test_every_config_parses_and_its_printed_config_round_trips(config, tmp_path):
+    printed = oneencoder("fit", "--config", config, "--print_config")
+    (tmp_path / "printed.yaml").write_text(printed)
+    again = oneencoder("fit", "--config", tmp_path / "printed.yaml", "--print_config")
+    assert yaml.safe_load(again) == yaml.safe_load(printed)
+    assert yaml.safe_load(printed)["model"]["class_path"].startswith("stages.")
+
+
+def _stage_args(manifest, out):
+    return [
+        "--config", ROOT / "configs/up.yaml",
+        "--data.init_args.manifest", manifest, "--data.init_args.num_workers", "0",
+        "--trainer.default_root_dir", out, "--trainer.logger.init_args.save_dir", out,
+    ]
+
+
+def test_fit_then_output_folder_loads_without_training_code(shapes_manifest, tmp_path):
+    out = tmp_path / "up"
+    oneencoder("fit", *_stage_args(shapes_manifest, out), "--trainer.fast_dev_run", "true")
+    model = OneEncoder.from_pretrained(out)
+    assert model.embed("text", ["a red circle in the top left"]).shape == (1, 256)
+
+
+def test_data_command_writes_the_planted_set(tmp_path):
+    oneencoder("data", "shapes", tmp_path / "shapes", "--train_per_combo", "1")
+    assert len((tmp_path / "shapes/manifest.jsonl").read_text().splitlines()) == 3 * 96
+
+
+@pytest.mark.slow
+def test_ddp_on_two_cpu_processes_trains_and_exports(shapes_manifest, tmp_path):
+    out = tmp_path / "ddp"
+    oneencoder(
+        "fit", *_stage_args(shapes_manifest, out), "--trainer.max_epochs", "1", "--trainer.accelerator", "cpu",
+        "--trainer.devices", "2", "--trainer.strategy", "ddp", "--trainer.enable_checkpointing", "false",
+        "--trainer.callbacks", "[]", "--trainer.callbacks+=stages.ExportPretrained", timeout=600,
+    )
+    assert (out / "model.safetensors").is_file() and (out / "metrics.json").is_file()
