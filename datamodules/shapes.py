@@ -25,8 +25,14 @@ TEMPLATES = (
     "{place} : {colour} {shape}",
     "the {shape} is {colour} and sits in the {place}",
 )
-VOCAB = sorted({w for t in TEMPLATES for w in t.replace("{", " ").replace("}", " ").split()} - {"colour", "shape", "place"}
-               | set(COLOURS) | set(SHAPES) | {w for p in PLACES for w in p.split()})
+
+
+def captions(colour: str, shape: str, place: str) -> list[str]:
+    return [template.format(colour=colour, shape=shape, place=place) for template in TEMPLATES]
+
+
+VOCAB = sorted({word for c in COLOURS for s in SHAPES for p in PLACES for line in captions(c, s, p) for word in line.split()})
+"""Every word the captions use: the vocabulary of the tiny text encoder in configs/up.yaml."""
 
 
 def draw(colour: str, shape: str, place: str, size: int, rng: random.Random) -> Image.Image:
@@ -68,8 +74,8 @@ def write_shapes_dataset(root: str | Path, train_per_combo: int = 6, size: int =
                         record_id = f"{slug}-{split}{variant}"
                         relative = f"images/{record_id}.png"
                         draw(colour, shape, place, size, rng).save(root / relative)
-                        captions = [t.format(colour=colour, shape=shape, place=place) for t in TEMPLATES]
-                        lines.append({"id": record_id, "split": split, "image": relative, "text": captions,
+                        lines.append({"id": record_id, "split": split, "image": relative,
+                                      "text": captions(colour, shape, place),
                                       "label": f"{colour} {shape}"})
     manifest = root / "manifest.jsonl"
     manifest.write_text("".join(json.dumps(line) + "\n" for line in lines))

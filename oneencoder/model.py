@@ -23,7 +23,8 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 FORMAT = "oneencoder"
 FORMAT_VERSION = 1
-ENCODER_FOLDER = "encoders"
+ENCODER_FOLDER = "encoders"  # where save_pretrained writes encoders that have no pretrained source
+ENCODER_PREFIX = "encoders."  # their keys in the state dict (the `encoders` ModuleDict)
 
 ModalityInputs = dict[str, Tensor]
 """Per modality, either processor outputs for the encoder, or precomputed `features` + `mask`."""
@@ -99,7 +100,7 @@ class OneEncoder(nn.Module):
 
     def trainable_state_dict(self) -> dict[str, Tensor]:
         """Everything but the frozen encoders, whose weights live with their own configs."""
-        return {k: v for k, v in self.state_dict().items() if not k.startswith(f"{ENCODER_FOLDER}.")}
+        return {k: v for k, v in self.state_dict().items() if not k.startswith(ENCODER_PREFIX)}
 
     def _encoder(self, modality: str) -> FrozenEncoder:
         if modality not in self.encoders:
@@ -150,7 +151,7 @@ class OneEncoder(nn.Module):
         if not weights_path.is_file():
             raise FileNotFoundError(f"{weights_path} is missing: the folder has a config but no weights")
         missing, unexpected = model.load_state_dict(load_file(str(weights_path)), strict=False)
-        missing = [k for k in missing if not k.startswith(f"{ENCODER_FOLDER}.")]
+        missing = [k for k in missing if not k.startswith(ENCODER_PREFIX)]
         if missing or unexpected:
             raise ValueError(
                 f"{weights_path} does not match its config.json: missing {missing[:5]}, unexpected"

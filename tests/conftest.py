@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import pytest
@@ -10,8 +9,6 @@ import torch
 
 from datamodules.shapes import VOCAB, write_shapes_dataset
 from oneencoder import EncoderConfig, OneEncoder, OneEncoderConfig
-
-warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
 
 TINY = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
 

@@ -59,3 +59,11 @@ def test_ddp_on_two_cpu_processes_trains_and_exports(shapes_manifest, tmp_path):
         "--trainer.callbacks", "[]", "--trainer.callbacks+=stages.ExportPretrained", timeout=600,
     )
     assert (out / "model.safetensors").is_file() and (out / "metrics.json").is_file()
+
+
+def test_bundled_config_vocabulary_covers_the_planted_captions():
+    from datamodules.shapes import VOCAB
+
+    config = yaml.safe_load((ROOT / "configs/up.yaml").read_text())
+    text = config["model"]["init_args"]["model"]["init_args"]["config"]["encoders"]["text"]
+    assert text["vocab"] == VOCAB

@@ -12,7 +12,7 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor, nn
 
-from ..freezing import freeze, state_fingerprint
+from ..freezing import state_fingerprint
 
 
 @dataclass
@@ -45,16 +45,13 @@ class Preprocessor(ABC):
 
 
 class FrozenEncoder(nn.Module, ABC):
-    """A pretrained encoder that is never trained: eval mode, no gradients, whatever `train()` says."""
+    """A pretrained encoder that is never trained: eval mode, no gradients, whatever `train()` says.
+
+    Subclasses build their model and `preprocessor`, then call `freeze(self)` once.
+    """
 
     kind: str
     preprocessor: Preprocessor
-
-    def __init__(self) -> None:
-        super().__init__()
-
-    def _finish_init(self) -> None:
-        freeze(self)
 
     def train(self, mode: bool = True) -> FrozenEncoder:
         # Lightning calls .train() on the whole LightningModule at the start of every epoch; a frozen

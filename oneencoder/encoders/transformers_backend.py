@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from ..config import EncoderConfig
+from ..freezing import freeze
 from .base import EncoderOutput, FrozenEncoder, Preprocessor
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
@@ -100,7 +101,7 @@ class TransformersEncoder(FrozenEncoder):
             model_type = model_config.pop("model_type")
             self.model = AutoModel.from_config(AutoConfig.for_model(model_type, **model_config))
         self.preprocessor = self._build_preprocessor(config)
-        self._finish_init()
+        freeze(self)
 
     def _build_preprocessor(self, config: EncoderConfig) -> Preprocessor:
         raise NotImplementedError
