@@ -40,15 +40,15 @@ def data_command(argv: Sequence[str]) -> None:
 def main(argv: Sequence[str] | None = None) -> None:
     # Frozen encoders stay in eval mode on purpose; Lightning's warning about that is noise here.
     warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in TOOL_COMMANDS:
-        data_command(argv[1:])
+    words = list(sys.argv[1:] if argv is None else argv)
+    if words and words[0] in TOOL_COMMANDS:
+        data_command(words[1:])
         return
     OneEncoderCLI(
         subclass_mode_model=True,
         subclass_mode_data=True,
         save_config_kwargs={"overwrite": True},
-        args=argv,
+        args=None if argv is None else words,
     )
 
 

@@ -1,5 +1,6 @@
 """The `oneencoder` command as a user runs it, in subprocesses (as DDP needs)."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,9 +14,11 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
 
 
-def oneencoder(*args, cwd=ROOT, timeout=300):
+def oneencoder(*args, cwd, timeout=300):
+    """Run the CLI in `cwd`, so that the configs' relative output paths land in a tmp folder."""
     result = subprocess.run(
-        [sys.executable, "-m", "stages.cli", *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", "stages.cli", *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=timeout,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stdout
@@ -23,9 +26,9 @@ def oneencoder(*args, cwd=ROOT, timeout=300):
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.name)
 def test_every_config_parses_and_its_printed_config_round_trips(config, tmp_path):
-    printed = oneencoder("fit", "--config", config, "--print_config")
+    printed = oneencoder("fit", "--config", config, "--print_config", cwd=tmp_path)
     (tmp_path / "printed.yaml").write_text(printed)
-    again = oneencoder("fit", "--config", tmp_path / "printed.yaml", "--print_config")
+    again = oneencoder("fit", "--config", tmp_path / "printed.yaml", "--print_config", cwd=tmp_path)
     assert yaml.safe_load(again) == yaml.safe_load(printed)
     assert yaml.safe_load(printed)["model"]["class_path"].startswith("stages.")
 
@@ -40,13 +43,13 @@ def _stage_args(manifest, out):
 
 def test_fit_then_output_folder_loads_without_training_code(shapes_manifest, tmp_path):
     out = tmp_path / "up"
-    oneencoder("fit", *_stage_args(shapes_manifest, out), "--trainer.fast_dev_run", "true")
+    oneencoder("fit", *_stage_args(shapes_manifest, out), "--trainer.fast_dev_run", "true", cwd=tmp_path)
     model = OneEncoder.from_pretrained(out)
     assert model.embed("text", ["a red circle in the top left"]).shape == (1, 256)
 
 
 def test_data_command_writes_the_planted_set(tmp_path):
-    oneencoder("data", "shapes", tmp_path / "shapes", "--train_per_combo", "1")
+    oneencoder("data", "shapes", tmp_path / "shapes", "--train_per_combo", "1", cwd=tmp_path)
     assert len((tmp_path / "shapes/manifest.jsonl").read_text().splitlines()) == 3 * 96
 
 
@@ -56,7 +59,7 @@ def test_ddp_on_two_cpu_processes_trains_and_exports(shapes_manifest, tmp_path):
     oneencoder(
         "fit", *_stage_args(shapes_manifest, out), "--trainer.max_epochs", "1", "--trainer.accelerator", "cpu",
         "--trainer.devices", "2", "--trainer.strategy", "ddp", "--trainer.enable_checkpointing", "false",
-        "--trainer.callbacks", "[]", "--trainer.callbacks+=stages.ExportPretrained", timeout=600,
+        "--trainer.callbacks", "[]", "--trainer.callbacks+=stages.ExportPretrained", cwd=tmp_path, timeout=600,
     )
     assert (out / "model.safetensors").is_file() and (out / "metrics.json").is_file()
 
