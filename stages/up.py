@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 class UPStage(LightningModule):
     """Contrastive training of everything in `model` except its frozen encoders.
 
-    Batches come from ManifestDataModule: {"inputs", "owners", "num_skipped"}. In evaluation an
+    Batches come from ManifestDataModule: {"inputs", "owners", "size", "num_skipped"}. In evaluation an
     image->text hit counts when any of the image's captions is in the top K; the loss pairs each
     image with its first caption.
     """
