@@ -11,6 +11,9 @@ from lightning.pytorch import LightningDataModule
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from oneencoder.encoders import FrozenEncoder
+
+from .feature_cache import FeatureCache, build_cache, pad_features, sources, text_key
 from .manifest import BadRecordError, Record, read_manifest
 from .readers import READERS, MediaError
 
@@ -24,27 +27,50 @@ class PairDataset(Dataset):
     """Item = {"index": record index, modality: [rows]}; None for a skipped bad record.
 
     Text has one random caption per item in training and all captions in evaluation; media have one row.
+    A row is raw (caption, image, ...) or, for a modality in `caches`, its cached token features.
     """
 
-    def __init__(self, records: list[Record], modalities: tuple[str, ...], all_captions: bool, skip_bad_records: bool) -> None:
+    def __init__(
+        self,
+        records: list[Record],
+        modalities: tuple[str, ...],
+        all_captions: bool,
+        skip_bad_records: bool,
+        caches: Mapping[str, FeatureCache] | None = None,
+    ) -> None:
         self.records = records
         self.modalities = modalities
         self.all_captions = all_captions
         self.skip_bad_records = skip_bad_records
+        self.caches = caches or {}
 
     def __len__(self) -> int:
         return len(self.records)
+
+    def _captions(self, record: Record) -> list[Any]:
+        captions = record.captions()
+        indices = range(len(captions)) if self.all_captions else [random.randrange(len(captions))]
+        if "text" in self.caches:
+            return [self.caches["text"][text_key(record.id, i)] for i in indices]
+        return [captions[i] for i in indices]
+
+    def _media(self, record: Record, modality: str) -> Any:
+        cache = self.caches.get(modality)
+        if cache is None:
+            return READERS[modality](record.path(modality))
+        if record.id in cache.skipped:
+            raise MediaError(cache.skipped[record.id])
+        return cache[record.id]
 
     def __getitem__(self, index: int) -> dict[str, Any] | None:
         record = self.records[index]
         item: dict[str, Any] = {"index": index}
         for modality in self.modalities:
             if modality == "text":
-                captions = record.captions()
-                item["text"] = captions if self.all_captions else [random.choice(captions)]
+                item["text"] = self._captions(record)
                 continue
             try:
-                item[modality] = [READERS[modality](record.path(modality))]
+                item[modality] = [self._media(record, modality)]
             except MediaError as error:
                 if self.skip_bad_records:
                     log.warning("skipping %s: %s", record.where(), error)
@@ -91,7 +117,12 @@ class ManifestDataModule(LightningDataModule):
     Bad records (a missing file, an empty caption) raise BadRecordError naming the manifest line and
     the file; with `skip_bad_records` they are skipped, counted and logged instead. Files that exist
     but do not decode are found while reading: skipped ones are counted in each batch's `num_skipped`.
-    `preprocessors` comes from the model (the CLI links it): {modality: callable}.
+    `encoders` comes from the model (the CLI links it): {modality: FrozenEncoder}.
+
+    With `feature_cache` (a folder), batches carry the encoders' token features read from that cache
+    instead of raw inputs, and the encoders' weights are never loaded. The cache is built on first use
+    (in `prepare_data`, by one process per node) and refused when it no longer matches the encoders or
+    the files; `cache_dtype: float16` halves its size.
     """
 
     def __init__(
@@ -102,7 +133,9 @@ class ManifestDataModule(LightningDataModule):
         eval_batch_size: int | None = None,
         num_workers: int = 2,
         skip_bad_records: bool = False,
-        preprocessors: Mapping[str, Preprocess] | None = None,
+        feature_cache: str | None = None,
+        cache_dtype: str = "float32",
+        encoders: Mapping[str, FrozenEncoder] | None = None,
     ) -> None:
         super().__init__()
         unknown = [m for m in modalities if m != "text" and m not in READERS]
@@ -114,13 +147,60 @@ class ManifestDataModule(LightningDataModule):
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers
         self.skip_bad_records = skip_bad_records
-        self.preprocessors = preprocessors
+        self.feature_cache = feature_cache
+        self.cache_dtype = cache_dtype
+        self.encoders = encoders
         self.splits: dict[str, list[Record]] = {}
+        self.caches: dict[str, FeatureCache] = {}
         self.num_skipped_at_setup = 0
+
+    def _encoders(self) -> Mapping[str, FrozenEncoder]:
+        if self.encoders is None:
+            raise RuntimeError("ManifestDataModule needs `encoders` (the model's) before it can load or cache batches")
+        missing = [m for m in self.modalities if m not in self.encoders]
+        if missing:
+            raise ValueError(f"no encoder for {missing}; the model has {sorted(self.encoders)}")
+        return self.encoders
+
+    def prepare_data(self) -> None:
+        if self.feature_cache is not None:
+            device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
+            self.build_feature_cache(device)
+
+    def build_feature_cache(self, device: torch.device | str = "cpu", overwrite: bool = False) -> None:
+        """Encode every usable record of every split once into `feature_cache` (resumes; see feature_cache)."""
+        if self.feature_cache is None:
+            raise ValueError(
+                "no feature cache folder: set `data.init_args.feature_cache` in the config or pass"
+                " --data.init_args.feature_cache=DIR"
+            )
+        records, _ = self._usable_records()
+        for modality in self.modalities:
+            build_cache(
+                self.feature_cache, modality, records, self._encoders()[modality], dtype=self.cache_dtype,
+                batch_size=self.eval_batch_size, num_workers=self.num_workers,
+                skip_bad_records=self.skip_bad_records, device=device, overwrite=overwrite,
+            )
 
     def setup(self, stage: str | None = None) -> None:
         if self.splits:
             return
+        usable, skipped = self._usable_records()
+        self.splits = {split: [r for r in usable if r.split == split] for split in ("train", "val", "test")}
+        log.info(
+            "%s: %d usable records with %s, %d skipped as bad; train %d, val %d, test %d",
+            self.manifest, len(usable), "+".join(self.modalities), skipped,
+            *(len(self.splits[s]) for s in ("train", "val", "test")),
+        )
+        self.num_skipped_at_setup = skipped
+        if self.feature_cache is not None:
+            for modality in self.modalities:
+                cache = FeatureCache(f"{self.feature_cache}/{modality}")
+                cache.check(self._encoders()[modality], sources(usable, modality), self.cache_dtype)
+                self.caches[modality] = cache
+
+    def _usable_records(self) -> tuple[list[Record], int]:
+        """The manifest's records that have every modality and pass the cheap checks, and how many did not."""
         records = read_manifest(self.manifest)
         paired = [r for r in records if all(m in r.fields for m in self.modalities)]
         skipped = 0
@@ -135,21 +215,19 @@ class ManifestDataModule(LightningDataModule):
                 skipped += 1
                 continue
             usable.append(record)
-        self.splits = {split: [r for r in usable if r.split == split] for split in ("train", "val", "test")}
-        log.info(
-            "%s: %d records, %d with %s, %d skipped as bad; train %d, val %d, test %d",
-            self.manifest, len(records), len(paired), "+".join(self.modalities), skipped,
-            *(len(self.splits[s]) for s in ("train", "val", "test")),
-        )
-        self.num_skipped_at_setup = skipped
+        return usable, skipped
 
     def _loader(self, split: str, train: bool) -> DataLoader:
-        if self.preprocessors is None:
-            raise RuntimeError("ManifestDataModule needs `preprocessors` (the model's) before it can load batches")
+        if self.caches:
+            preprocessors: Mapping[str, Preprocess] = {m: pad_features for m in self.modalities}
+        else:
+            preprocessors = {m: encoder.preprocessor for m, encoder in self._encoders().items()}
         records = self.splits[split]
         if not records:
             raise ValueError(f"{self.manifest} has no {split!r} records with {' and '.join(self.modalities)}")
-        dataset = PairDataset(records, self.modalities, all_captions=not train, skip_bad_records=self.skip_bad_records)
+        dataset = PairDataset(
+            records, self.modalities, all_captions=not train, skip_bad_records=self.skip_bad_records, caches=self.caches
+        )
         return DataLoader(
             dataset,
             batch_size=self.batch_size if train else self.eval_batch_size,
@@ -157,7 +235,7 @@ class ManifestDataModule(LightningDataModule):
             drop_last=train and len(records) > self.batch_size,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
-            collate_fn=PairCollator(self.preprocessors, self.modalities),
+            collate_fn=PairCollator(preprocessors, self.modalities),
         )
 
     def train_dataloader(self) -> DataLoader:

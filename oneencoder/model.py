@@ -14,7 +14,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from .config import EncoderConfig, OneEncoderConfig
-from .encoders import EncoderOutput, FrozenEncoder, Preprocessor, build_encoder
+from .encoders import EncoderOutput, FrozenEncoder, build_encoder
 from .fusion import TokenFusion
 from .heads import ModalityToken, ProjectionHead
 from .projection import UniversalProjection, masked_mean, normalize
@@ -24,20 +24,24 @@ WEIGHTS_NAME = "model.safetensors"
 FORMAT = "oneencoder"
 FORMAT_VERSION = 1
 ENCODER_FOLDER = "encoders"  # where save_pretrained writes encoders that have no pretrained source
-ENCODER_PREFIX = "encoders."  # their keys in the state dict (the `encoders` ModuleDict)
 
 ModalityInputs = dict[str, Tensor]
 """Per modality, either processor outputs for the encoder, or precomputed `features` + `mask`."""
 
 
 class OneEncoder(nn.Module):
-    """The whole embedding model; only the parts after the encoders ever train."""
+    """The whole embedding model; only the parts after the encoders ever train.
+
+    `encoders` is a plain dict of FrozenEncoder handles, not submodules: their weights load on first
+    use (never, when every input comes from a feature cache), follow the model's device when run, and
+    stay out of the state dict, so checkpoints and exports hold only what trains.
+    """
 
     def __init__(self, config: OneEncoderConfig) -> None:
         super().__init__()
         self.config = config
         d = config.embed_dim
-        self.encoders = nn.ModuleDict({m: build_encoder(c) for m, c in config.encoders.items()})
+        self.encoders: dict[str, FrozenEncoder] = {m: build_encoder(c) for m, c in config.encoders.items()}
         self.heads = nn.ModuleDict(
             {m: ProjectionHead(enc.dim, d, config.head_dropout) for m, enc in self.encoders.items()}
         )
@@ -54,11 +58,6 @@ class OneEncoder(nn.Module):
     def modalities(self) -> list[str]:
         return list(self.encoders)
 
-    @property
-    def preprocessors(self) -> dict[str, Preprocessor]:
-        """Per modality, the weight-free callable that turns raw items into encoder inputs."""
-        return {m: enc.preprocessor for m, enc in self.encoders.items()}
-
     def encode(self, modality: str, inputs: ModalityInputs) -> EncoderOutput:
         """Frozen token features, or the precomputed ones when the inputs carry them."""
         if "features" in inputs:
@@ -67,7 +66,9 @@ class OneEncoder(nn.Module):
 
     def project(self, modality: str, features: Tensor, mask: Tensor) -> Tensor:
         """Token features (batch, length, D_m) + mask (batch, length) -> embeddings (batch, d), unit norm."""
-        tokens = self.heads[modality](features)
+        head = self.heads[modality]
+        # fp16 cached features, or fp32 encoder outputs under a bf16-true model, meet the head's dtype.
+        tokens = head(features.to(next(head.parameters()).dtype))
         modality_tokens = self.tokens[modality]()
         fused, fused_mask = self.fusion(tokens, mask, modality_tokens)
         projected = self.up(fused, fused_mask)
@@ -98,14 +99,11 @@ class OneEncoder(nn.Module):
         finally:
             self.train(was_training)
 
-    def trainable_state_dict(self) -> dict[str, Tensor]:
-        """Everything but the frozen encoders, whose weights live with their own configs."""
-        return {k: v for k, v in self.state_dict().items() if not k.startswith(ENCODER_PREFIX)}
-
     def _encoder(self, modality: str) -> FrozenEncoder:
+        """The modality's encoder, loaded and on this model's device."""
         if modality not in self.encoders:
             raise KeyError(f"no encoder for modality {modality!r}; this model has {self.modalities}")
-        return self.encoders[modality]
+        return self.encoders[modality].to(next(self.parameters()).device)
 
     # --- saving and loading -------------------------------------------------------------------------
 
@@ -121,7 +119,7 @@ class OneEncoder(nn.Module):
         payload = {"format": FORMAT, "format_version": FORMAT_VERSION, "model": config.to_dict()}
         _atomic_write_text(folder / CONFIG_NAME, json.dumps(payload, indent=2))
         tmp = folder / f".{WEIGHTS_NAME}.tmp"
-        save_file({k: v.contiguous() for k, v in self.trainable_state_dict().items()}, str(tmp))
+        save_file({k: v.contiguous() for k, v in self.state_dict().items()}, str(tmp))
         os.replace(tmp, folder / WEIGHTS_NAME)
 
     def _saved_encoder_config(self, modality: str, config: EncoderConfig, folder: Path) -> EncoderConfig:
@@ -151,7 +149,6 @@ class OneEncoder(nn.Module):
         if not weights_path.is_file():
             raise FileNotFoundError(f"{weights_path} is missing: the folder has a config but no weights")
         missing, unexpected = model.load_state_dict(load_file(str(weights_path)), strict=False)
-        missing = [k for k in missing if not k.startswith(ENCODER_PREFIX)]
         if missing or unexpected:
             raise ValueError(
                 f"{weights_path} does not match its config.json: missing {missing[:5]}, unexpected"

@@ -11,7 +11,7 @@ from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 
 from oneencoder import ContrastiveLoss, OneEncoder
-from oneencoder.encoders import Preprocessor
+from oneencoder.encoders import FrozenEncoder
 from oneencoder.freezing import count_parameters
 
 from .retrieval_metric import PairRetrieval
@@ -47,8 +47,8 @@ class UPStage(LightningModule):
         self.test_retrieval = PairRetrieval(self.pair, recall_ks)
 
     @property
-    def preprocessors(self) -> dict[str, Preprocessor]:
-        return self.model.preprocessors
+    def encoders(self) -> dict[str, FrozenEncoder]:
+        return self.model.encoders
 
     def on_fit_start(self) -> None:
         trainable = count_parameters(self, trainable_only=True)

@@ -9,8 +9,8 @@ from oneencoder import OneEncoder
 
 
 @pytest.fixture(scope="module")
-def preprocessors():
-    return OneEncoder(tiny_model_config()).preprocessors
+def encoders():
+    return OneEncoder(tiny_model_config()).encoders
 
 
 @pytest.fixture
@@ -23,8 +23,8 @@ def _rewrite(manifest, records):
     manifest.write_text("".join(json.dumps(r) + "\n" for r in records))
 
 
-def _data(manifest, preprocessors, **kwargs):
-    data = ManifestDataModule(str(manifest), batch_size=16, num_workers=0, preprocessors=preprocessors, **kwargs)
+def _data(manifest, encoders, **kwargs):
+    data = ManifestDataModule(str(manifest), batch_size=16, num_workers=0, encoders=encoders, **kwargs)
     data.setup("fit")
     return data
 
@@ -42,39 +42,39 @@ def test_manifest_errors_name_the_line(tmp_path):
         read_manifest(manifest)
 
 
-def test_corrupt_image_gives_named_error_with_line_and_file(small_set, preprocessors):
+def test_corrupt_image_gives_named_error_with_line_and_file(small_set, encoders):
     manifest, records = small_set
     (manifest.parent / records[0]["image"]).write_bytes(b"not a png at all")
-    loader = _data(manifest, preprocessors).train_dataloader()
+    loader = _data(manifest, encoders).train_dataloader()
     with pytest.raises(BadRecordError, match=r"manifest.jsonl:1 \(id 'red-circle-top-left-train0'\): cannot decode image .*red-circle-top-left-train0.png.*skip_bad_records"):
         for _ in loader:
             pass
 
 
-def test_corrupt_image_is_skipped_and_counted_when_asked(small_set, preprocessors):
+def test_corrupt_image_is_skipped_and_counted_when_asked(small_set, encoders):
     manifest, records = small_set
     (manifest.parent / records[0]["image"]).write_bytes(b"\x89PNG truncated")
-    data = _data(manifest, preprocessors, skip_bad_records=True)
+    data = _data(manifest, encoders, skip_bad_records=True)
     batches = list(data.train_dataloader())
     assert sum(b["num_skipped"] for b in batches) == 1
     assert sum(b["size"] for b in batches) + 1 == len(data.splits["train"]) - len(data.splits["train"]) % 16
 
 
-def test_missing_file_and_empty_caption_are_named_or_skipped(small_set, preprocessors):
+def test_missing_file_and_empty_caption_are_named_or_skipped(small_set, encoders):
     manifest, records = small_set
     records[0]["image"] = "images/gone.png"
     records[1]["text"] = ["  "]
     _rewrite(manifest, records)
     with pytest.raises(BadRecordError, match=r"manifest.jsonl:1 .*images/gone.png does not exist"):
-        _data(manifest, preprocessors)
-    data = _data(manifest, preprocessors, skip_bad_records=True)
+        _data(manifest, encoders)
+    data = _data(manifest, encoders, skip_bad_records=True)
     assert data.num_skipped_at_setup == 2
     assert len(data.splits["train"]) == len(data.splits["val"]) == 95  # line 1 is train, line 2 val
 
 
-def test_training_draws_one_caption_evaluation_keeps_all(small_set, preprocessors):
+def test_training_draws_one_caption_evaluation_keeps_all(small_set, encoders):
     manifest, _ = small_set
-    data = _data(manifest, preprocessors)
+    data = _data(manifest, encoders)
     train = next(iter(data.train_dataloader()))
     assert train["size"] == 16 and train["inputs"]["text"]["input_ids"].shape[0] == 16
     val = next(iter(data.val_dataloader()))
@@ -85,7 +85,7 @@ def test_training_draws_one_caption_evaluation_keeps_all(small_set, preprocessor
     assert (owners[: val["size"], 1] == 0).all() and (owners[val["size"] :, 1] > 0).all()
 
 
-def test_splits_follow_the_manifest(small_set, preprocessors):
+def test_splits_follow_the_manifest(small_set, encoders):
     manifest, _ = small_set
-    data = _data(manifest, preprocessors)
+    data = _data(manifest, encoders)
     assert {k: len(v) for k, v in data.splits.items()} == {"train": 96, "val": 96, "test": 96}

@@ -6,15 +6,18 @@ from PIL import Image
 from conftest import tiny_encoder
 from oneencoder.config import EncoderConfig
 from oneencoder.encoders import EncoderLoadError, build_encoder
+from oneencoder.freezing import state_fingerprint
 
 
 @pytest.mark.parametrize("kind", ["text", "image", "audio", "video"])
-def test_encoders_stay_frozen_in_eval_mode(kind):
+def test_encoders_load_weights_only_when_run_and_load_them_frozen(kind):
     encoder = build_encoder(tiny_encoder(kind))
-    encoder.train()  # what Lightning does at the start of every epoch
-    assert not encoder.training
-    assert not any(module.training for module in encoder.modules())
-    assert not any(p.requires_grad for p in encoder.parameters())
+    assert encoder.dim == 32 and encoder.fingerprint.startswith(kind)
+    assert not encoder.is_loaded  # config, preprocessor and fingerprint need no weights
+    encoder(encoder.preprocess(_items(kind)))
+    assert encoder.is_loaded
+    assert not any(module.training for module in encoder.module.modules())
+    assert not any(p.requires_grad for p in encoder.module.parameters())
 
 
 def _items(kind):
@@ -45,21 +48,30 @@ def test_encoder_output_shapes_masks_and_no_grad(kind):
 def test_audio_mask_follows_the_convolution_lengths():
     encoder = build_encoder(tiny_encoder("audio"))
     output = encoder(encoder.preprocess(_items("audio")))
-    expected = encoder.model._get_feat_extract_output_lengths(torch.tensor([16000, 6000]))
+    expected = encoder.module._get_feat_extract_output_lengths(torch.tensor([16000, 6000]))
     assert output.mask.sum(1).tolist() == expected.tolist()
 
 
-def test_fingerprint_changes_with_preprocessing_and_weights():
+def test_a_random_encoder_is_a_function_of_its_config_and_so_is_its_fingerprint():
+    torch.manual_seed(0)
     base = build_encoder(tiny_encoder("text"))
+    torch.manual_seed(1)  # the global seed does not matter
     same = build_encoder(tiny_encoder("text"))
-    same.load_state_dict(base.state_dict())
+    assert state_fingerprint(base.module) == state_fingerprint(same.module)
     assert base.fingerprint == same.fingerprint
     shorter = tiny_encoder("text")
     shorter.processor = {"max_length": 16}
-    other_settings = build_encoder(shorter)
-    other_settings.load_state_dict(base.state_dict())
-    assert other_settings.fingerprint != base.fingerprint
-    assert build_encoder(tiny_encoder("text")).fingerprint != base.fingerprint  # other random weights
+    assert build_encoder(shorter).fingerprint != base.fingerprint  # other preprocessing
+    wider = tiny_encoder("text")
+    wider.model_config = {**wider.model_config, "intermediate_size": 48}
+    assert build_encoder(wider).fingerprint != base.fingerprint  # other weights
+
+
+def test_a_local_folder_fingerprint_follows_its_files(tmp_path):
+    build_encoder(tiny_encoder("text")).save_pretrained(str(tmp_path))
+    before = build_encoder(EncoderConfig(kind="text", pretrained=str(tmp_path))).fingerprint
+    (tmp_path / "config.json").write_text((tmp_path / "config.json").read_text().replace("0.02", "0.03"))
+    assert build_encoder(EncoderConfig(kind="text", pretrained=str(tmp_path))).fingerprint != before
 
 
 def test_missing_pretrained_model_offline_names_model_and_setting(monkeypatch, tmp_path):

@@ -27,7 +27,7 @@ def test_padding_changes_nothing_even_after_training_mode_toggles(tiny_model):
 
 
 def test_precomputed_features_give_the_same_embeddings(tiny_model):
-    inputs = tiny_model.preprocessors["text"](CAPTIONS)
+    inputs = tiny_model.encoders["text"].preprocess(CAPTIONS)
     encoded = tiny_model.encode("text", inputs)
     online = tiny_model({"text": inputs})["text"]
     cached = tiny_model({"text": {"features": encoded.features, "mask": encoded.mask}})["text"]

@@ -22,7 +22,7 @@ def _fit(manifest, root, epochs):
     seed_everything(0)
     model = OneEncoder(tiny_model_config())
     stage = UPStage(model, optimizer=partial(torch.optim.AdamW, lr=1e-3, weight_decay=1e-3))
-    data = ManifestDataModule(str(manifest), batch_size=32, num_workers=0, preprocessors=model.preprocessors)
+    data = ManifestDataModule(str(manifest), batch_size=32, num_workers=0, encoders=model.encoders)
     trainer = Trainer(
         max_epochs=epochs, accelerator="cpu", logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, default_root_dir=str(root),
@@ -36,8 +36,8 @@ def trained(shapes_manifest, tmp_path_factory):
     root = tmp_path_factory.mktemp("up")
     model, stage, data, trainer = _fit(shapes_manifest, root, epochs=30)
     before = {
-        "encoders": {m: state_fingerprint(e) for m, e in model.encoders.items()},
-        "trainable": {k: v.clone() for k, v in model.trainable_state_dict().items()},
+        "encoders": {m: state_fingerprint(e.module) for m, e in model.encoders.items()},
+        "trainable": {k: v.clone() for k, v in model.state_dict().items()},
     }
     trainer.fit(stage, datamodule=data)
     return {"model": model, "trainer": trainer, "root": root, "before": before}
@@ -45,11 +45,11 @@ def trained(shapes_manifest, tmp_path_factory):
 
 def test_frozen_encoders_are_bit_identical_after_fit(trained):
     for modality, encoder in trained["model"].encoders.items():
-        assert state_fingerprint(encoder) == trained["before"]["encoders"][modality]
+        assert state_fingerprint(encoder.module) == trained["before"]["encoders"][modality]
 
 
 def test_every_trainable_tensor_was_trained(trained):
-    after = trained["model"].trainable_state_dict()
+    after = trained["model"].state_dict()
     unchanged = [k for k, v in trained["before"]["trainable"].items() if torch.equal(v, after[k])]
     assert unchanged == []
 
@@ -82,5 +82,5 @@ def test_optimizer_holds_only_trainable_parameters(trained):
     optimizer = trained["trainer"].optimizers[0]
     held = {id(p) for group in optimizer.param_groups for p in group["params"]}
     model = trained["model"]
-    assert held.isdisjoint(id(p) for p in model.encoders.parameters())
+    assert held.isdisjoint(id(p) for e in model.encoders.values() for p in e.module.parameters())
     assert {id(p) for p in model.parameters() if p.requires_grad} <= held

@@ -6,13 +6,15 @@ import hashlib
 import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from functools import cached_property
-from typing import Any, Sequence
+from functools import cached_property, lru_cache
+from pathlib import Path
+from typing import Any, ClassVar, Sequence
 
 import torch
 from torch import Tensor, nn
 
-from ..freezing import state_fingerprint
+from ..config import EncoderConfig
+from ..freezing import freeze
 
 
 @dataclass
@@ -44,48 +46,104 @@ class Preprocessor(ABC):
         """Write its files beside the model's."""
 
 
-class FrozenEncoder(nn.Module, ABC):
-    """A pretrained encoder that is never trained: eval mode, no gradients, whatever `train()` says.
+class FrozenEncoder(ABC):
+    """A pretrained encoder that is never trained, described cheaply and loaded on first use.
 
-    Subclasses build their model and `preprocessor`, then call `freeze(self)` once.
+    Construction reads configs only and builds the weight-free preprocessor, so a stage that trains
+    from a feature cache never loads the weights. Once loaded, the weights stay outside any parent
+    nn.Module: never in checkpoints, optimizers, DDP broadcasts, `.train()` calls or dtype casts.
     """
 
-    kind: str
-    preprocessor: Preprocessor
+    kind: ClassVar[str]
 
-    def train(self, mode: bool = True) -> FrozenEncoder:
-        # Lightning calls .train() on the whole LightningModule at the start of every epoch; a frozen
-        # encoder must stay in eval mode so that dropout and SpecAugment never run.
-        return super().train(False)
+    def __init__(self, config: EncoderConfig) -> None:
+        self.config = config
+        self.preprocessor = self._build_preprocessor()
+        self._module: nn.Module | None = None
+        self._device = torch.device("cpu")
 
     @property
     @abstractmethod
     def dim(self) -> int:
-        """Width of the token features."""
+        """Width of the token features (read from the config, without loading weights)."""
 
-    def preprocess(self, items: Sequence[Any]) -> dict[str, Tensor]:
-        return self.preprocessor(items)
+    @abstractmethod
+    def _build_preprocessor(self) -> Preprocessor: ...
+
+    @abstractmethod
+    def _load_module(self) -> nn.Module:
+        """Build or read the weights (the expensive part)."""
+
+    @abstractmethod
+    def weights_identity(self) -> dict[str, Any]:
+        """What identifies the weights without loading them (a hub commit, a folder hash, a seed)."""
 
     @abstractmethod
     def encode(self, inputs: dict[str, Tensor]) -> EncoderOutput:
-        """Model inputs -> token features and padding mask."""
+        """Model inputs -> token features and padding mask; uses `self.module`."""
 
     @abstractmethod
     def save_pretrained(self, folder: str) -> None:
         """Write weights and preprocessing so that `EncoderConfig(pretrained=folder)` rebuilds it."""
 
+    @property
+    def module(self) -> nn.Module:
+        """The frozen weights, loaded on first access."""
+        if self._module is None:
+            self._module = freeze(self._load_module()).to(self._device)
+        return self._module
+
+    @property
+    def is_loaded(self) -> bool:
+        return self._module is not None
+
+    def unload(self) -> None:
+        """Free the weights (after a cache build); the next use loads them again."""
+        self._module = None
+
+    def to(self, device: torch.device | str) -> FrozenEncoder:
+        """Move the weights (loading them if needed); a no-op when they are already there."""
+        device = torch.device(device)
+        if self._module is None or device != self._device:
+            self._device = device
+            self.module.to(device)
+        return self
+
+    def preprocess(self, items: Sequence[Any]) -> dict[str, Tensor]:
+        return self.preprocessor(items)
+
     @torch.no_grad()
-    def forward(self, inputs: dict[str, Tensor]) -> EncoderOutput:
+    def __call__(self, inputs: dict[str, Tensor]) -> EncoderOutput:
         return self.encode(inputs)
 
     @cached_property
     def fingerprint(self) -> str:
         """Identity of weights plus preprocessing: equal fingerprints give equal features."""
-        settings = json.dumps(
-            {"class": type(self).__name__, "preprocessing": self.preprocessor.settings()},
-            sort_keys=True,
-            default=str,
-        )
-        digest = hashlib.sha256(settings.encode())
-        digest.update(state_fingerprint(self).encode())
-        return f"{self.kind}-{digest.hexdigest()[:16]}"
+        described = json.dumps(self.description(), sort_keys=True, default=str)
+        return f"{self.kind}-{hashlib.sha256(described.encode()).hexdigest()[:16]}"
+
+    def description(self) -> dict[str, Any]:
+        """What the fingerprint hashes; a feature cache stores it to say what differs."""
+        return {
+            "class": type(self).__name__,
+            "weights": self.weights_identity(),
+            "preprocessing": self.preprocessor.settings(),
+        }
+
+
+def folder_digest(folder: str | Path) -> str:
+    """sha256 over every file's relative name and content: a local model folder's weights identity."""
+    folder = Path(folder)
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    return _files_digest(tuple((str(p.relative_to(folder)), str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files))
+
+
+@lru_cache(maxsize=32)
+def _files_digest(files: tuple[tuple[str, str, int, int], ...]) -> str:
+    # Keyed by size and mtime too, so a process hashes an unchanged folder once.
+    digest = hashlib.sha256()
+    for name, path, _, _ in files:
+        digest.update(name.encode())
+        with open(path, "rb") as handle:
+            digest.update(hashlib.file_digest(handle, "sha256").digest())
+    return digest.hexdigest()

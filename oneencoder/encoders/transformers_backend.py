@@ -3,7 +3,10 @@ video (VideoMAE-like), each from a pretrained name or folder, or from a config d
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -11,8 +14,7 @@ import torch
 from torch import Tensor
 
 from ..config import EncoderConfig
-from ..freezing import freeze
-from .base import EncoderOutput, FrozenEncoder, Preprocessor
+from .base import EncoderOutput, FrozenEncoder, Preprocessor, folder_digest
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 
@@ -87,43 +89,81 @@ class VideoPreprocessor(ProcessorWrapper):
 
 
 class TransformersEncoder(FrozenEncoder):
-    """Shared loading and saving; subclasses say how to build the preprocessor and read tokens."""
+    """Shared loading and identity; subclasses say how to build the preprocessor and read tokens.
+
+    A model built from `model_config` is initialised from a seed derived from that config, so the same
+    config always gives the same random weights (and a feature cache can trust its fingerprint).
+    """
 
     def __init__(self, config: EncoderConfig) -> None:
-        super().__init__()
-        from transformers import AutoConfig, AutoModel
-
-        self.config = config
-        if config.pretrained is not None:
-            self.model = _from_pretrained(AutoModel, config.pretrained, f"{self.kind} encoder")
-        else:
-            model_config = dict(config.model_config or {})
-            model_type = model_config.pop("model_type")
-            self.model = AutoModel.from_config(AutoConfig.for_model(model_type, **model_config))
-        self.preprocessor = self._build_preprocessor(config)
-        freeze(self)
-
-    def _build_preprocessor(self, config: EncoderConfig) -> Preprocessor:
-        raise NotImplementedError
+        self.model_config = _read_model_config(config)  # the preprocessor needs it (image size, frames)
+        super().__init__(config)
 
     @property
     def dim(self) -> int:
-        return int(self.model.config.hidden_size)
+        return int(self.model_config.hidden_size)
+
+    def _load_module(self) -> torch.nn.Module:
+        from transformers import AutoModel
+
+        if self.config.pretrained is not None:
+            return _from_pretrained(AutoModel, self.config.pretrained, f"{self.kind} encoder")
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self._random_init_seed())
+            return AutoModel.from_config(self.model_config)
+
+    def _random_init_seed(self) -> int:
+        described = json.dumps(self.config.model_config, sort_keys=True)
+        return int(hashlib.sha256(described.encode()).hexdigest()[:8], 16)
+
+    def weights_identity(self) -> dict[str, Any]:
+        import transformers
+
+        if self.config.pretrained is None:
+            return {
+                "random_init": self.config.model_config,
+                "seed": self._random_init_seed(),
+                "versions": {"transformers": transformers.__version__, "torch": torch.__version__},
+            }
+        if Path(self.config.pretrained).is_dir():
+            return {"folder_sha256": folder_digest(self.config.pretrained)}
+        return {"hub": self.config.pretrained, "commit": _hub_commit(self.config.pretrained)}
 
     def save_pretrained(self, folder: str) -> None:
-        self.model.save_pretrained(folder)
+        self.module.save_pretrained(folder)
         self.preprocessor.save_pretrained(folder)
 
     def _all_valid(self, tokens: Tensor) -> EncoderOutput:
         return EncoderOutput(tokens, torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device))
 
 
+def _read_model_config(config: EncoderConfig) -> Any:
+    from transformers import AutoConfig
+
+    if config.pretrained is not None:
+        return _from_pretrained(AutoConfig, config.pretrained, f"{config.kind} encoder config")
+    settings = dict(config.model_config or {})
+    model_type = settings.pop("model_type")
+    return AutoConfig.for_model(model_type, **settings)
+
+
+def _hub_commit(name: str) -> str:
+    """The cached snapshot's commit: it pins every file of a hub model."""
+    from huggingface_hub import try_to_load_from_cache
+
+    path = try_to_load_from_cache(name, "config.json")
+    if not isinstance(path, str):
+        raise EncoderLoadError(f"{name!r} has no config.json in the local Hugging Face cache, so its version is unknown")
+    return Path(path).parent.name
+
+
 class TextEncoder(TransformersEncoder):
     kind = "text"
 
-    def _build_preprocessor(self, config: EncoderConfig) -> Preprocessor:
+    def _build_preprocessor(self) -> Preprocessor:
         from transformers import AutoTokenizer
 
+        config = self.config
         settings = {"max_length": 128, **config.processor}
         if config.pretrained is not None:
             return TextPreprocessor(_from_pretrained(AutoTokenizer, config.pretrained, "tokenizer"), **settings)
@@ -135,7 +175,7 @@ class TextEncoder(TransformersEncoder):
         return TextPreprocessor(word_level_tokenizer(config.vocab), **settings)
 
     def encode(self, inputs: dict[str, Tensor]) -> EncoderOutput:
-        hidden = self.model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
+        hidden = self.module(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
         return EncoderOutput(hidden.last_hidden_state, inputs["attention_mask"].bool())
 
 
@@ -165,18 +205,19 @@ def word_level_tokenizer(vocab: Sequence[str]) -> Any:
 class ImageEncoder(TransformersEncoder):
     kind = "image"
 
-    def _build_preprocessor(self, config: EncoderConfig) -> Preprocessor:
+    def _build_preprocessor(self) -> Preprocessor:
         from transformers import AutoImageProcessor, ViTImageProcessorPil
 
+        config = self.config
         if config.pretrained is not None:
             return ImagePreprocessor(
                 _from_pretrained(AutoImageProcessor, config.pretrained, "image processor", backend="pil", **config.processor)
             )
-        size = self.model.config.image_size
+        size = self.model_config.image_size
         return ImagePreprocessor(ViTImageProcessorPil(**{"size": {"height": size, "width": size}, **config.processor}))
 
     def encode(self, inputs: dict[str, Tensor]) -> EncoderOutput:
-        return self._all_valid(self.model(pixel_values=inputs["pixel_values"]).last_hidden_state)
+        return self._all_valid(self.module(pixel_values=inputs["pixel_values"]).last_hidden_state)
 
 
 class AudioEncoder(TransformersEncoder):
@@ -184,9 +225,10 @@ class AudioEncoder(TransformersEncoder):
 
     kind = "audio"
 
-    def _build_preprocessor(self, config: EncoderConfig) -> Preprocessor:
+    def _build_preprocessor(self) -> Preprocessor:
         from transformers import AutoFeatureExtractor, Wav2Vec2FeatureExtractor
 
+        config = self.config
         if config.pretrained is not None:
             return AudioPreprocessor(
                 _from_pretrained(AutoFeatureExtractor, config.pretrained, "feature extractor", **config.processor)
@@ -197,11 +239,11 @@ class AudioEncoder(TransformersEncoder):
         sample_mask = inputs["attention_mask"]
         # Models with group-norm feature extractors (wav2vec2-base) were trained on zero padding without
         # an attention mask, and their card says not to pass one; layer-norm ones need it.
-        uses_mask = getattr(self.model.config, "feat_extract_norm", "layer") == "layer"
-        hidden = self.model(
+        uses_mask = getattr(self.model_config, "feat_extract_norm", "layer") == "layer"
+        hidden = self.module(
             input_values=inputs["input_values"], attention_mask=sample_mask if uses_mask else None
         ).last_hidden_state
-        lengths = self.model._get_feat_extract_output_lengths(sample_mask.sum(-1))
+        lengths = self.module._get_feat_extract_output_lengths(sample_mask.sum(-1))
         positions = torch.arange(hidden.shape[1], device=hidden.device)
         return EncoderOutput(hidden, positions[None, :] < lengths[:, None])
 
@@ -211,22 +253,23 @@ class VideoEncoder(TransformersEncoder):
 
     kind = "video"
 
-    def _build_preprocessor(self, config: EncoderConfig) -> Preprocessor:
+    def _build_preprocessor(self) -> Preprocessor:
         from transformers import AutoImageProcessor, VideoMAEImageProcessorPil
 
-        num_frames = int(self.model.config.num_frames)
+        config = self.config
+        num_frames = int(self.model_config.num_frames)
         if config.pretrained is not None:
             processor = _from_pretrained(
                 AutoImageProcessor, config.pretrained, "video processor", backend="pil", **config.processor
             )
         else:
-            size = self.model.config.image_size
+            size = self.model_config.image_size
             defaults = {"size": {"shortest_edge": size}, "crop_size": {"height": size, "width": size}}
             processor = VideoMAEImageProcessorPil(**{**defaults, **config.processor})
         return VideoPreprocessor(processor, num_frames=num_frames)
 
     def encode(self, inputs: dict[str, Tensor]) -> EncoderOutput:
-        return self._all_valid(self.model(pixel_values=inputs["pixel_values"]).last_hidden_state)
+        return self._all_valid(self.module(pixel_values=inputs["pixel_values"]).last_hidden_state)
 
 
 ENCODERS: dict[str, type[TransformersEncoder]] = {

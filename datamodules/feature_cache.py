@@ -1,0 +1,348 @@
+"""Frozen-encoder features on disk: encode every record once, then train every epoch from the cache.
+
+Layout, per modality: `<root>/<modality>/header.json` and `shard-00000.safetensors`, ... Each shard
+holds `features` (tokens, dim), its items' token sequences back to back without padding, and
+`lengths` (items,), with the items' keys and any skipped items in its metadata. Shards cover fixed
+ranges of items and are written to a temporary name and renamed, so a shard file that exists is
+complete, an interrupted build resumes at the first missing shard, and readers (dataloader workers,
+DDP processes) only ever memory-map finished files.
+
+header.json records what made the features (the encoder's fingerprint and its description: weights
+identity and preprocessing settings, the storage dtype) and each source's signature (a file's size
+and modification time, a caption's hash), so a cache that no longer matches its config or its files
+is refused with what differs, never used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import Tensor
+from torch.nn.utils.rnn import pad_sequence
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from oneencoder.encoders import FrozenEncoder
+
+from .manifest import BadRecordError, Record
+from .readers import READERS, MediaError
+
+log = logging.getLogger(__name__)
+
+FORMAT = "oneencoder-feature-cache"
+FORMAT_VERSION = 1
+HEADER_NAME = "header.json"
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+ITEMS_PER_SHARD = 512
+
+
+class StaleCacheError(RuntimeError):
+    """A feature cache exists but does not match the current encoder, storage settings or files."""
+
+
+@dataclass(frozen=True)
+class Source:
+    """One item to encode: a caption or a media file, with the signature that detects changes."""
+
+    key: str
+    signature: str
+    value: Any  # the caption string, or the media file's Path
+    where: str  # manifest line and id, for error messages
+
+
+def text_key(record_id: str, caption_index: int) -> str:
+    return f"{record_id}#{caption_index}"
+
+
+def sources(records: Sequence[Record], modality: str) -> list[Source]:
+    """Every item of `modality` in the records, in manifest order (captions one by one)."""
+    items = []
+    for record in records:
+        if modality == "text":
+            for index, caption in enumerate(record.captions()):
+                digest = hashlib.sha256(caption.encode()).hexdigest()[:16]
+                items.append(Source(text_key(record.id, index), f"sha256:{digest}", caption, record.where()))
+        else:
+            path = record.path(modality)
+            stat = path.stat()
+            items.append(Source(record.id, f"{stat.st_size}:{stat.st_mtime_ns}", path, record.where()))
+    return items
+
+
+def pad_features(rows: Sequence[Tensor]) -> dict[str, Tensor]:
+    """Cached (length, dim) sequences -> {"features": (batch, max length, dim), "mask"}: what the model's
+    `encode` returns for the same rows online."""
+    lengths = torch.tensor([len(row) for row in rows])
+    mask = torch.arange(int(lengths.max()))[None, :] < lengths[:, None]
+    return {"features": pad_sequence(list(rows), batch_first=True), "mask": mask}
+
+
+# --- building -----------------------------------------------------------------------------------------
+
+
+def build_cache(
+    root: str | os.PathLike[str],
+    modality: str,
+    records: Sequence[Record],
+    encoder: FrozenEncoder,
+    *,
+    dtype: str = "float32",
+    batch_size: int = 64,
+    num_workers: int = 0,
+    skip_bad_records: bool = False,
+    device: torch.device | str = "cpu",
+    overwrite: bool = False,
+    items_per_shard: int = ITEMS_PER_SHARD,
+) -> Path:
+    """Encode every item of `modality` once into `<root>/<modality>/`; resumes an interrupted build.
+
+    A complete cache that already serves these records is left as it is. A cache made by another
+    encoder, dtype or file version raises StaleCacheError unless `overwrite` (then it is rebuilt).
+    """
+    folder = Path(root) / modality
+    items = sources(records, modality)
+    header = _header(modality, encoder, items, dtype, items_per_shard)
+    if (folder / HEADER_NAME).is_file():
+        cache = FeatureCache(folder)
+        try:
+            cache.check(encoder, items, dtype)
+            return folder
+        except StaleCacheError as error:
+            if cache.header != header:  # not just unfinished: made by something else
+                if not overwrite:
+                    raise
+                log.warning("overwriting %s: %s", folder, error)
+                for shard in folder.glob("shard-*.safetensors"):
+                    shard.unlink()
+    folder.mkdir(parents=True, exist_ok=True)
+    _atomic_write(folder / HEADER_NAME, json.dumps(header).encode())
+
+    chunks = [items[start : start + items_per_shard] for start in range(0, len(items), items_per_shard)]
+    todo = [(index, chunk) for index, chunk in enumerate(chunks) if not _shard_path(folder, index).is_file()]
+    if len(todo) < len(chunks):
+        log.info("%s: resuming, %d of %d shards already written", folder, len(chunks) - len(todo), len(chunks))
+    encoder.to(device)
+    try:
+        with tqdm(total=sum(len(c) for _, c in todo), desc=f"caching {modality}", unit="item") as progress:
+            for index, chunk in todo:
+                _write_shard(_shard_path(folder, index), chunk, encoder, modality, DTYPES[dtype],
+                             batch_size, num_workers, skip_bad_records, device, progress)
+    finally:
+        encoder.unload()  # a stage trained from the cache never needs the weights again
+    return folder
+
+
+def _header(modality: str, encoder: FrozenEncoder, items: list[Source], dtype: str, items_per_shard: int) -> dict[str, Any]:
+    if dtype not in DTYPES:
+        raise ValueError(f"cache dtype must be one of {sorted(DTYPES)} (got {dtype!r})")
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "modality": modality,
+        "encoder": {"fingerprint": encoder.fingerprint, **encoder.description()},
+        "dim": encoder.dim,
+        "dtype": dtype,
+        "items_per_shard": items_per_shard,
+        "sources": {item.key: item.signature for item in items},
+    }
+
+
+def _shard_path(folder: Path, index: int) -> Path:
+    return folder / f"shard-{index:05d}.safetensors"
+
+
+class _SourceDataset(Dataset):
+    """Decodes one item per index in a dataloader worker; a bad one becomes (index, None, reason)."""
+
+    def __init__(self, items: list[Source], modality: str) -> None:
+        self.items = items
+        self.modality = modality
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> tuple[int, Any, str | None]:
+        item = self.items[index]
+        if self.modality == "text":
+            return index, item.value, None
+        try:
+            return index, READERS[self.modality](item.value), None
+        except MediaError as error:
+            return index, None, str(error)
+
+
+class _SourceCollator:
+    def __init__(self, preprocessor: Any) -> None:
+        self.preprocessor = preprocessor
+
+    def __call__(self, rows: list[tuple[int, Any, str | None]]) -> tuple[list[int], dict[str, Tensor] | None, dict[int, str]]:
+        kept = [(index, value) for index, value, _ in rows if value is not None]
+        failed = {index: reason for index, value, reason in rows if value is None}
+        inputs = self.preprocessor([value for _, value in kept]) if kept else None
+        return [index for index, _ in kept], inputs, failed
+
+
+def _write_shard(
+    path: Path,
+    chunk: list[Source],
+    encoder: FrozenEncoder,
+    modality: str,
+    dtype: torch.dtype,
+    batch_size: int,
+    num_workers: int,
+    skip_bad_records: bool,
+    device: torch.device | str,
+    progress: tqdm,
+) -> None:
+    # Batches never cross a shard boundary, so a resumed build encodes exactly the batches an
+    # uninterrupted one would have, and the two caches are bit-identical.
+    loader = DataLoader(
+        _SourceDataset(chunk, modality), batch_size=batch_size, num_workers=num_workers,
+        collate_fn=_SourceCollator(encoder.preprocessor),
+    )
+    keys: list[str] = []
+    rows: list[Tensor] = []
+    skipped: dict[str, str] = {}
+    for indices, inputs, failed in loader:
+        for index, reason in failed.items():
+            if not skip_bad_records:
+                raise BadRecordError(
+                    f"{chunk[index].where}: {reason}. Fix or remove the record, or set `skip_bad_records: true`"
+                )
+            log.warning("skipping %s: %s", chunk[index].where, reason)
+            skipped[chunk[index].key] = reason
+        if inputs is not None:
+            output = encoder({name: tensor.to(device) for name, tensor in inputs.items()})
+            for row, index in enumerate(indices):
+                keys.append(chunk[index].key)
+                rows.append(output.features[row][output.mask[row]].to("cpu", dtype))
+        progress.update(len(indices) + len(failed))
+    features = torch.cat(rows) if rows else torch.empty(0, encoder.dim, dtype=dtype)
+    lengths = torch.tensor([len(row) for row in rows], dtype=torch.int64)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    save_file(
+        {"features": features.contiguous(), "lengths": lengths},
+        str(tmp),
+        metadata={"keys": json.dumps(keys), "skipped": json.dumps(skipped)},
+    )
+    os.replace(tmp, path)
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+# --- reading ------------------------------------------------------------------------------------------
+
+
+class FeatureCache:
+    """Read side of one modality's cache: key -> (length, dim) tensor, memory-mapped per process."""
+
+    def __init__(self, folder: str | os.PathLike[str]) -> None:
+        self.folder = Path(folder)
+        path = self.folder / HEADER_NAME
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} not found: {self.folder} is not a feature cache (build one with `oneencoder cache`)")
+        self.header = json.loads(path.read_text())
+        if self.header.get("format") != FORMAT or self.header.get("format_version", 0) > FORMAT_VERSION:
+            raise StaleCacheError(
+                f"{path} is not a feature cache this oneencoder reads (format {self.header.get('format')!r},"
+                f" version {self.header.get('format_version')}); delete {self.folder} and rebuild it"
+            )
+        num_items = len(self.header["sources"])
+        per_shard = self.header["items_per_shard"]
+        self.num_shards = -(-num_items // per_shard)
+        self.missing_shards = [i for i in range(self.num_shards) if not _shard_path(self.folder, i).is_file()]
+        self.index: dict[str, tuple[int, int, int]] = {}
+        self.skipped: dict[str, str] = {}
+        if not self.missing_shards:
+            self._read_index()
+        self._handles: dict[int, Any] = {}
+
+    def _read_index(self) -> None:
+        for shard in range(self.num_shards):
+            with safe_open(str(_shard_path(self.folder, shard)), framework="pt") as handle:
+                metadata = handle.metadata()
+                lengths = handle.get_tensor("lengths").tolist()
+            offset = 0
+            for key, length in zip(json.loads(metadata["keys"]), lengths):
+                self.index[key] = (shard, offset, length)
+                offset += length
+            self.skipped.update(json.loads(metadata["skipped"]))
+
+    def check(self, encoder: FrozenEncoder, items: Sequence[Source], dtype: str | None = None) -> None:
+        """Refuse (StaleCacheError) unless this cache holds every item, made by this encoder from
+        these very files, complete."""
+        rebuild = (
+            f" Rebuild it with `oneencoder cache --overwrite --config <your stage config>`, or delete"
+            f" {self.folder}, or point `feature_cache` to another folder."
+        )
+        cached = self.header["encoder"]
+        if cached["fingerprint"] != encoder.fingerprint:
+            current = encoder.description()
+            differs = _differences(cached, current)
+            raise StaleCacheError(
+                f"{self.folder} was built by another encoder or preprocessing ({cached['fingerprint']}, now"
+                f" {encoder.fingerprint}); what differs: {', '.join(differs) or 'the encoder class'}.{rebuild}"
+            )
+        if dtype is not None and dtype != self.header["dtype"]:
+            raise StaleCacheError(f"{self.folder} stores {self.header['dtype']} features, the config asks for {dtype}.{rebuild}")
+        signatures = self.header["sources"]
+        absent = [item.key for item in items if item.key not in signatures]
+        changed = [item for item in items if item.key in signatures and signatures[item.key] != item.signature]
+        if absent:
+            raise StaleCacheError(
+                f"{self.folder} has no features for {len(absent)} of {len(items)} items (e.g. {absent[:3]});"
+                f" the manifest gained records since the cache was built.{rebuild}"
+            )
+        if changed:
+            examples = ", ".join(str(item.value) if isinstance(item.value, Path) else item.where for item in changed[:3])
+            raise StaleCacheError(
+                f"{self.folder}: {len(changed)} sources changed since the cache was built (size, modification"
+                f" time or caption text), e.g. {examples}.{rebuild}"
+            )
+        if self.missing_shards:
+            raise StaleCacheError(
+                f"incomplete cache {self.folder}: {len(self.missing_shards)} of {self.num_shards} shards missing"
+                " (an interrupted build). Finish it with `oneencoder cache --config <your stage config>`;"
+                " finished shards are kept."
+            )
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.index
+
+    def __getitem__(self, key: str) -> Tensor:
+        shard, offset, length = self.index[key]
+        if shard not in self._handles:
+            handle = safe_open(str(_shard_path(self.folder, shard)), framework="pt")
+            self._handles[shard] = (handle, handle.get_slice("features"))
+        return self._handles[shard][1][offset : offset + length]
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Open memory maps do not cross process boundaries; each worker opens its own.
+        return {**self.__dict__, "_handles": {}}
+
+
+def _differences(cached: dict[str, Any], current: dict[str, Any], prefix: str = "", depth: int = 3) -> list[str]:
+    """Dotted names of the settings that differ, a few levels deep (not every vocabulary entry)."""
+    names = []
+    for key in sorted(set(cached) | set(current)):
+        a, b = cached.get(key), current.get(key)
+        if key == "fingerprint" or a == b:
+            continue
+        if isinstance(a, dict) and isinstance(b, dict) and depth > 1:
+            names += _differences(a, b, f"{prefix}{key}.", depth - 1)
+        else:
+            names.append(f"{prefix}{key}")
+    return names[:8]
