@@ -24,6 +24,7 @@ $(SHAPES): | $(VENV)/.installed
 	$(CLI) data shapes data/shapes
 
 up: install $(SHAPES)  ## stage 1: train the Universal Projection on image-text (planted shapes set)
+	$(CLI) cache --config configs/up.yaml
 	$(CLI) fit --config configs/up.yaml --ckpt_path last
 	$(CLI) test --config configs/up.yaml --ckpt_path outputs/up/checkpoints/last.ckpt
 

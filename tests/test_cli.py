@@ -41,9 +41,13 @@ def _stage_args(manifest, out):
     ]
 
 
-def test_fit_then_output_folder_loads_without_training_code(shapes_manifest, tmp_path):
+def test_cache_then_fit_from_it_then_output_folder_loads_without_training_code(shapes_manifest, tmp_path):
     out = tmp_path / "up"
-    oneencoder("fit", *_stage_args(shapes_manifest, out), "--trainer.fast_dev_run", "true", cwd=tmp_path)
+    cache = tmp_path / "features"
+    args = [*_stage_args(shapes_manifest, out), "--data.init_args.feature_cache", cache]
+    assert "feature cache ready" in oneencoder("cache", *args, cwd=tmp_path)
+    assert {p.name for p in cache.iterdir()} == {"image", "text"}
+    oneencoder("fit", *args, "--trainer.fast_dev_run", "true", cwd=tmp_path)
     model = OneEncoder.from_pretrained(out)
     assert model.embed("text", ["a red circle in the top left"]).shape == (1, 256)
 
