@@ -6,7 +6,7 @@ TORCH := torch==2.14.1 torchaudio==2.11.0 torchcodec==0.17.0
 SHAPES := data/shapes/manifest.jsonl
 
 .DEFAULT_GOAL := help
-.PHONY: help install up test test-full clean
+.PHONY: help install up test test-full bench clean
 
 help:  ## list targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  %-12s %s\n", $$1, $$2}'
@@ -33,6 +33,9 @@ test: install  ## fast test suite (under 5 minutes on 2 cores)
 
 test-full: install  ## every test, slow ones (DDP launches, full stage runs) included
 	$(PY) -m pytest -q -m ''
+
+bench: install  ## feature cache vs online encoding, ViT-base + BERT-base sized (about 30 min on 2 cores)
+	$(PY) -m benchmarks.cache_speed
 
 clean:  ## remove outputs and generated data (keeps .venv)
 	rm -rf outputs data lightning_logs

@@ -155,3 +155,20 @@ def test_a_stage_trained_from_the_cache_reaches_the_online_weights_without_loadi
     assert not any(encoder.is_loaded for encoder in cached.encoders.values())
     for name, value in online.state_dict().items():
         torch.testing.assert_close(cached.state_dict()[name], value, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_several_dataloader_workers_read_the_same_batches_as_one_process(small_set, tmp_path):
+    encoders = {m: build_encoder(tiny_encoder(m)) for m in ("image", "text")}
+    batches = {}
+    for workers in (0, 2):
+        data = ManifestDataModule(
+            str(small_set), batch_size=16, num_workers=workers, feature_cache=str(tmp_path / "cache"), encoders=encoders
+        )
+        data.prepare_data()
+        data.setup("validate")
+        batches[workers] = list(data.val_dataloader())
+    assert len(batches[0]) == len(batches[2]) == 6
+    for one, many in zip(batches[0], batches[2]):
+        for modality in ("image", "text"):
+            assert torch.equal(one["inputs"][modality]["features"], many["inputs"][modality]["features"])
+            assert torch.equal(one["owners"][modality], many["owners"][modality])
