@@ -253,7 +253,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     child("train", {**spec, "variant": variant, "precision": precision, "epochs": epochs})
                 )
         runs.update({variant: median_run(measured) for variant, measured in repeats.items()})
-        results["precisions"][precision] = summarise(runs, results["cache"]["float32"], results["records"], args.epochs)
+        results["precisions"][precision] = summarise(runs, results["cache"]["float32"], args.epochs)
     print("profiling a step ...", flush=True)
     results["profile_32_true"] = child("profile", spec)
     results["cache"]["fp16_over_fp32_size"] = results["cache"]["float16"]["bytes"] / results["cache"]["float32"]["bytes"]
@@ -265,7 +265,7 @@ def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return {**ordered[len(ordered) // 2], "samples_per_s_all": [r["samples_per_s"] for r in runs]}
 
 
-def summarise(runs: dict[str, dict[str, Any]], build: dict[str, Any], records: int, epochs: int) -> dict[str, Any]:
+def summarise(runs: dict[str, dict[str, Any]], build: dict[str, Any], epochs: int) -> dict[str, Any]:
     online, cached = runs["online"], runs["cached"]
     # A run's epoch time is its wall time spread over its epochs; a stage of `epochs` epochs is measured
     # when the run had that many, else estimated from it.
