@@ -148,7 +148,7 @@ def _header(modality: str, encoder: FrozenEncoder, items: list[Source], dtype: s
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "modality": modality,
-        "encoder": {"fingerprint": encoder.fingerprint, **encoder.description()},
+        "encoder": {"fingerprint": encoder.fingerprint, **encoder.description},
         "dim": encoder.dim,
         "dtype": dtype,
         "items_per_shard": items_per_shard,
@@ -290,8 +290,7 @@ class FeatureCache:
         )
         cached = self.header["encoder"]
         if cached["fingerprint"] != encoder.fingerprint:
-            current = encoder.description()
-            differs = _differences(cached, current)
+            differs = _differences(cached, encoder.description)
             raise StaleCacheError(
                 f"{self.folder} was built by another encoder or preprocessing ({cached['fingerprint']}, now"
                 f" {encoder.fingerprint}); what differs: {', '.join(differs) or 'the encoder class'}.{rebuild}"

@@ -119,9 +119,10 @@ class FrozenEncoder(ABC):
     @cached_property
     def fingerprint(self) -> str:
         """Identity of weights plus preprocessing: equal fingerprints give equal features."""
-        described = json.dumps(self.description(), sort_keys=True, default=str)
+        described = json.dumps(self.description, sort_keys=True, default=str)
         return f"{self.kind}-{hashlib.sha256(described.encode()).hexdigest()[:16]}"
 
+    @cached_property
     def description(self) -> dict[str, Any]:
         """What the fingerprint hashes; a feature cache stores it to say what differs."""
         return {
