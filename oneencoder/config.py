@@ -37,16 +37,30 @@ class EncoderConfig:
 
 
 @dataclass
+class HeadConfig:
+    """A modality's adapter from encoder width to d: the projection head of the first stage, or the
+    Alignment Layer (AL) of a modality added later (OneEncoder uses the same shape for both).
+
+    Linear(D_m -> hidden_dim), GELU, Linear(hidden_dim -> d), Dropout, LayerNorm, per token;
+    ``hidden_dim`` None means d.
+    """
+
+    hidden_dim: int | None = None
+    dropout: float = 0.1
+
+
+@dataclass
 class OneEncoderConfig:
     """OneEncoder's model: per-modality heads and tokens around one shared Universal Projection.
 
     Defaults are the paper's: d = 256, one UP layer with 4 heads and PyTorch's transformer defaults,
-    one 3-d modality token through an MLP 3 -> 64 -> 128 -> d, fusion by addition.
+    one 3-d modality token through an MLP 3 -> 64 -> 128 -> d, fusion by addition. ``heads`` sets a
+    modality's head or Alignment Layer; modalities not in it get ``HeadConfig()``.
     """
 
     encoders: dict[str, EncoderConfig]
     embed_dim: int = 256
-    head_dropout: float = 0.1
+    heads: dict[str, HeadConfig] = field(default_factory=dict)
     fusion: str = "add"
     num_modality_tokens: int = 1
     token_dim: int = 3
@@ -61,6 +75,10 @@ class OneEncoderConfig:
             name: cfg if isinstance(cfg, EncoderConfig) else EncoderConfig(**cfg)
             for name, cfg in self.encoders.items()
         }
+        self.heads = {name: cfg if isinstance(cfg, HeadConfig) else HeadConfig(**cfg) for name, cfg in self.heads.items()}
+        strays = sorted(set(self.heads) - set(self.encoders))
+        if strays:
+            raise ValueError(f"`heads` names modalities without an encoder: {strays}; encoders: {sorted(self.encoders)}")
         self.token_hidden_dims = tuple(self.token_hidden_dims)
         if self.fusion not in FUSIONS:
             raise ValueError(f"fusion must be one of {FUSIONS} (got {self.fusion!r})")
@@ -70,6 +88,19 @@ class OneEncoderConfig:
             )
         if not self.encoders:
             raise ValueError("OneEncoderConfig needs at least one encoder")
+
+    def head(self, modality: str) -> HeadConfig:
+        return self.heads.get(modality, HeadConfig())
+
+    def with_modality(self, modality: str, encoder: EncoderConfig, head: HeadConfig | None = None) -> OneEncoderConfig:
+        """A copy that also has `modality` (a later stage's addition)."""
+        if modality in self.encoders:
+            raise ValueError(
+                f"modality {modality!r} is already in the model ({sorted(self.encoders)}); an align stage"
+                " adds a new one: pick another name, or start from a folder made before it was added"
+            )
+        heads = {**self.heads, modality: head} if head is not None else dict(self.heads)
+        return dataclasses.replace(self, encoders={**self.encoders, modality: encoder}, heads=heads)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

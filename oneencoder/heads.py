@@ -10,14 +10,16 @@ from torch import Tensor, nn
 
 
 class ProjectionHead(nn.Module):
-    """Per token: Linear(in -> d), GELU, Linear(d -> d), Dropout, LayerNorm (OneEncoder's head)."""
+    """Per token: Linear(in -> hidden), GELU, Linear(hidden -> d), Dropout, LayerNorm (OneEncoder's head
+    and Alignment Layer, with hidden = d)."""
 
-    def __init__(self, in_dim: int, out_dim: int, dropout: float = 0.1) -> None:
+    def __init__(self, in_dim: int, out_dim: int, dropout: float = 0.1, hidden_dim: int | None = None) -> None:
         super().__init__()
+        hidden_dim = hidden_dim or out_dim
         self.net = nn.Sequential(
-            nn.Linear(in_dim, out_dim),
+            nn.Linear(in_dim, hidden_dim),
             nn.GELU(),
-            nn.Linear(out_dim, out_dim),
+            nn.Linear(hidden_dim, out_dim),
             nn.Dropout(dropout),
             nn.LayerNorm(out_dim),
         )

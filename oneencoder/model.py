@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from .config import EncoderConfig, OneEncoderConfig
+from .config import EncoderConfig, HeadConfig, OneEncoderConfig
 from .encoders import EncoderOutput, FrozenEncoder, build_encoder
 from .fusion import TokenFusion
 from .heads import ModalityToken, ProjectionHead
@@ -41,18 +41,32 @@ class OneEncoder(nn.Module):
         super().__init__()
         self.config = config
         d = config.embed_dim
-        self.encoders: dict[str, FrozenEncoder] = {m: build_encoder(c) for m, c in config.encoders.items()}
-        self.heads = nn.ModuleDict(
-            {m: ProjectionHead(enc.dim, d, config.head_dropout) for m, enc in self.encoders.items()}
-        )
-        self.tokens = nn.ModuleDict(
-            {
-                m: ModalityToken(config.num_modality_tokens, config.token_dim, config.token_hidden_dims, d)
-                for m in self.encoders
-            }
-        )
+        self.encoders: dict[str, FrozenEncoder] = {}
+        self.heads = nn.ModuleDict()
+        self.tokens = nn.ModuleDict()
+        for modality in config.encoders:
+            self._build_modality(modality)
         self.fusion = TokenFusion(config.fusion, d, config.up_heads)
         self.up = UniversalProjection(d, config.up_layers, config.up_heads, config.up_ff_dim, config.up_dropout)
+
+    def _build_modality(self, modality: str) -> None:
+        config = self.config
+        encoder = build_encoder(config.encoders[modality])
+        head = config.head(modality)
+        self.encoders[modality] = encoder
+        self.heads[modality] = ProjectionHead(encoder.dim, config.embed_dim, head.dropout, head.hidden_dim)
+        self.tokens[modality] = ModalityToken(
+            config.num_modality_tokens, config.token_dim, config.token_hidden_dims, config.embed_dim
+        )
+
+    def add_modality(self, modality: str, encoder: EncoderConfig, head: HeadConfig | None = None) -> None:
+        """Give the model a new modality: its encoder, a fresh head (the Alignment Layer) and modality
+        token. Nothing existing changes, so the other modalities' embeddings stay what they were."""
+        self.config = self.config.with_modality(modality, encoder, head)
+        self._build_modality(modality)
+        device = next(self.up.parameters()).device
+        self.heads[modality].to(device)
+        self.tokens[modality].to(device)
 
     @property
     def modalities(self) -> list[str]:

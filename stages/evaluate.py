@@ -1,0 +1,185 @@
+"""Retrieval between every pair of a model's modalities on a manifest split, both directions, with
+the chance level beside each figure: pairs never trained together included (transitive alignment)."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from datamodules.manifest import Record, read_manifest
+from datamodules.pairs import PairCollator, PairDataset
+from datamodules.readers import build_reader
+from oneencoder import OneEncoder
+from oneencoder.retrieval import first_relevant_ranks, recall_at_k
+
+
+@dataclass
+class Embedded:
+    """One modality's embeddings on a split: a row per item, `owners` the record index of each row."""
+
+    embeddings: Tensor
+    owners: Tensor
+
+
+@dataclass
+class PairResult:
+    query: str
+    gallery: str
+    metrics: dict[str, float]
+    chance: dict[str, float]
+    queries: int
+    gallery_size: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.query}->{self.gallery}"
+
+
+@dataclass
+class Evaluation:
+    """All pairs' results; `trained` (pairs of modalities trained together), when known, marks the
+    others as transitive in the table."""
+
+    manifest: str
+    split: str
+    results: list[PairResult] = field(default_factory=list)
+    trained: set[frozenset[str]] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """results.json: flat metric names (`audio->image/R@1`) with the chance levels beside them."""
+        data = {
+            "manifest": self.manifest,
+            "split": self.split,
+            "metrics": {f"{r.name}/{k}": v for r in self.results for k, v in r.metrics.items()},
+            "chance": {f"{r.name}/{k}": v for r in self.results for k, v in r.chance.items()},
+            "sizes": {r.name: {"queries": r.queries, "gallery": r.gallery_size} for r in self.results},
+        }
+        if self.trained is not None:
+            data["trained_pairs"] = sorted(sorted(pair) for pair in self.trained)
+        return data
+
+    def markdown(self) -> str:
+        if not self.results:
+            return "(no pairs evaluated)\n"
+        keys = list(self.results[0].metrics)
+        columns = ["query -> gallery", *(f"{k} (chance)" for k in keys), "queries", "gallery"]
+        if self.trained is not None:
+            columns.append("trained together")
+        rows = []
+        for r in self.results:
+            cells = [r.name, *(f"{_fmt(k, r.metrics[k])} ({_fmt(k, r.chance[k])})" for k in keys),
+                     str(r.queries), str(r.gallery_size)]
+            if self.trained is not None:
+                cells.append("yes" if frozenset((r.query, r.gallery)) in self.trained else "no (transitive)")
+            rows.append("| " + " | ".join(cells) + " |")
+        lines = [f"Retrieval on `{self.manifest}`, split `{self.split}`", "",
+                 "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns), *rows]
+        return "\n".join(lines) + "\n"
+
+    def write(self, folder: str | os.PathLike[str], extra: dict[str, Any] | None = None) -> None:
+        """results.json (plus `extra` keys) and results.md in `folder`."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "results.md").write_text(self.markdown())
+        (folder / "results.json").write_text(json.dumps({**self.to_dict(), **(extra or {})}, indent=2))
+
+
+def _fmt(key: str, value: float) -> str:
+    return f"{value:.1f}" if key == "MedR" else f"{value:.3f}"
+
+
+@torch.no_grad()
+def embed_records(
+    model: OneEncoder,
+    records: Sequence[Record],
+    modality: str,
+    batch_size: int = 64,
+    num_workers: int = 0,
+    video_backend: str = "decord",
+) -> Embedded:
+    """Every item of `modality` in `records` (all captions for text), read, encoded and projected."""
+    encoder = model.encoders[modality]
+    readers = {} if modality == "text" else {modality: build_reader(modality, encoder.preprocessor, video_backend)}
+    dataset = PairDataset(list(records), (modality,), all_captions=True, skip_bad_records=False, readers=readers)
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers,
+                        collate_fn=PairCollator({modality: encoder.preprocessor}, (modality,)))
+    device = next(model.parameters()).device
+    chunks, owners = [], []
+    for batch in tqdm(loader, desc=f"embedding {modality}", unit="batch", leave=False):
+        inputs = {k: v.to(device) for k, v in batch["inputs"][modality].items()}
+        chunks.append(model({modality: inputs})[modality].float().cpu())
+        owners.append(batch["owners"][modality][:, 0])
+    return Embedded(torch.cat(chunks), torch.cat(owners))
+
+
+def pair_result(query: str, gallery: str, a: Embedded, b: Embedded, ks: Sequence[int]) -> PairResult:
+    """Retrieval of `gallery` items by `query` items, on the records both modalities have."""
+    shared = torch.tensor(sorted(set(a.owners.tolist()) & set(b.owners.tolist())))
+    keep_a, keep_b = torch.isin(a.owners, shared), torch.isin(b.owners, shared)
+    owners_a, owners_b = a.owners[keep_a], b.owners[keep_b]
+    similarity = a.embeddings[keep_a] @ b.embeddings[keep_b].T
+    relevant = owners_a[:, None] == owners_b[None, :]
+    metrics = recall_at_k(first_relevant_ranks(similarity, relevant), ks)
+    return PairResult(query, gallery, metrics, chance_levels(relevant.sum(1).tolist(), len(owners_b), ks),
+                      len(owners_a), len(owners_b))
+
+
+def chance_levels(relevant_counts: Sequence[int], gallery_size: int, ks: Sequence[int]) -> dict[str, float]:
+    """What a random ranking scores: R@K averaged over queries, MedR the median of each query's median.
+
+    A query with r relevant items among N is hit in the top K with probability 1 - C(N-r, K) / C(N, K);
+    its first relevant item's rank is at most k with probability 1 - C(N-k, r) / C(N, r).
+    """
+    counts = Counter(relevant_counts)
+    total = len(relevant_counts)
+    chance = {
+        f"R@{k}": sum(n * (1 - math.comb(gallery_size - r, k) / math.comb(gallery_size, k)) for r, n in counts.items()) / total
+        for k in ks
+    }
+    medians = []
+    for r, n in sorted(counts.items()):
+        rank = next(k for k in range(1, gallery_size + 1)
+                    if 1 - math.comb(gallery_size - k, r) / math.comb(gallery_size, r) >= 0.5)
+        medians += [rank] * n
+    chance["MedR"] = float(torch.tensor(medians, dtype=torch.float).median())
+    return chance
+
+
+def evaluate(
+    model: OneEncoder,
+    manifest: str,
+    split: str = "test",
+    modalities: Sequence[str] | None = None,
+    ks: Sequence[int] = (1, 5, 10),
+    batch_size: int = 64,
+    num_workers: int = 0,
+    video_backend: str = "decord",
+) -> Evaluation:
+    """Every ordered pair of `modalities` (default: all the model's that the manifest has)."""
+    records = [r for r in read_manifest(manifest) if r.split == split]
+    if not records:
+        raise ValueError(f"{manifest} has no {split!r} records to evaluate")
+    present = [m for m in (modalities or model.modalities) if any(m in r.fields for r in records)]
+    missing = sorted(set(modalities or ()) - set(present))
+    if missing:
+        raise ValueError(f"{manifest} has no {split!r} records with {missing}")
+    embedded = {}
+    for m in present:
+        positions = torch.tensor([i for i, r in enumerate(records) if m in r.fields])
+        rows = embed_records(model, [records[i] for i in positions], m, batch_size, num_workers, video_backend)
+        embedded[m] = Embedded(rows.embeddings, positions[rows.owners])  # owners as indices into `records`
+    evaluation = Evaluation(str(manifest), split)
+    for a, b in itertools.permutations(present, 2):
+        evaluation.results.append(pair_result(a, b, embedded[a], embedded[b], ks))
+    return evaluation

@@ -1,0 +1,278 @@
+"""The stage runner: `oneencoder pipeline configs/pipeline/<name>.yaml` trains an ordered list of
+stages, each from the previous one's output folder, then evaluates every pair of modalities.
+
+A stage's folder `<output>/<name>/` holds the config it ran with (`config.yaml`, every output path
+pointed into the folder and `previous` filled in), `stage.json` (its hash and status), the Lightning
+checkpoints and the exported model. The hash covers the resolved config, the manifest's content and
+the previous stage's hash, so a finished stage with the same hash is skipped, an interrupted one
+resumes from `checkpoints/last.ckpt`, and a stage whose config or inputs changed is run again (its old
+folder is kept beside it as `<name>.stale-<hash>`). Each stage runs in its own process, so a
+multi-GPU stage launches DDP exactly as `oneencoder fit` does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib
+import inspect
+import json
+import logging
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+log = logging.getLogger(__name__)
+
+STAGE_STATE = "stage.json"
+CHECKPOINTS = "checkpoints"
+
+
+class PipelineError(RuntimeError):
+    """A pipeline config that cannot run, or a stage that failed."""
+
+
+@dataclass
+class StageSpec:
+    """One stage: a name (its folder under `output`) and a stage config for `oneencoder fit`."""
+
+    name: str
+    config: str
+
+
+@dataclass
+class EvaluationSpec:
+    """The final evaluation: retrieval between every pair of the final model's modalities."""
+
+    manifest: str
+    split: str = "test"
+    ks: list[int] = field(default_factory=lambda: [1, 5, 10])
+    batch_size: int = 64
+    num_workers: int = 0
+    video_backend: str = "decord"
+
+
+@dataclass
+class PipelineSpec:
+    output: str
+    stages: list[StageSpec]
+    evaluation: EvaluationSpec | None = None
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> PipelineSpec:
+        path = Path(path)
+        if not path.is_file():
+            raise PipelineError(f"pipeline config {path} not found (see configs/pipeline/ for examples)")
+        data = yaml.safe_load(path.read_text()) or {}
+        spec = _build(cls, data, str(path))
+        spec.stages = [_build(StageSpec, s, f"{path}: stages[{i}]") for i, s in enumerate(data.get("stages") or [])]
+        if data.get("evaluation") is not None:
+            spec.evaluation = _build(EvaluationSpec, data["evaluation"], f"{path}: evaluation")
+        if not spec.stages:
+            raise PipelineError(f"{path}: `stages` is empty; list at least one {{name, config}}")
+        names = [s.name for s in spec.stages]
+        if len(set(names)) != len(names):
+            raise PipelineError(f"{path}: stage names must be unique (got {names})")
+        return spec
+
+
+def _build(cls: type, data: Any, where: str) -> Any:
+    if not isinstance(data, dict):
+        raise PipelineError(f"{where}: expected a mapping with keys {[f.name for f in dataclasses.fields(cls)]}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise PipelineError(f"{where}: unknown keys {unknown}; valid keys: {sorted(fields)}")
+    try:
+        return cls(**data)
+    except TypeError as error:
+        raise PipelineError(f"{where}: {error}") from None
+
+
+# --- one stage ----------------------------------------------------------------------------------------
+
+
+def resolve_stage_config(spec: StageSpec, folder: Path, previous: Path | None) -> dict[str, Any]:
+    """The stage's config with every output in `folder` and `previous` set to the last stage's folder."""
+    path = Path(spec.config)
+    if not path.is_file():
+        raise PipelineError(f"stage {spec.name!r}: config {path} not found")
+    config = yaml.safe_load(path.read_text())
+    trainer = config.setdefault("trainer", {})
+    trainer["default_root_dir"] = str(folder)
+    loggers = trainer.get("logger")
+    for logger in loggers if isinstance(loggers, list) else [loggers]:
+        if isinstance(logger, dict) and "save_dir" in logger.get("init_args", {}):
+            logger["init_args"]["save_dir"] = str(folder)
+    has_last = False
+    for callback in trainer.get("callbacks") or []:
+        kind = callback.get("class_path", "").rsplit(".", 1)[-1]
+        init_args = callback.setdefault("init_args", {})
+        if kind == "ModelCheckpoint":
+            init_args["dirpath"] = str(folder / CHECKPOINTS)
+            has_last = has_last or bool(init_args.get("save_last"))
+        elif kind == "ExportPretrained":
+            init_args["dirpath"] = str(folder)
+    if not has_last:
+        raise PipelineError(
+            f"stage {spec.name!r}: {path} needs a ModelCheckpoint callback with `save_last: true`, which"
+            " the runner resumes an interrupted stage from"
+        )
+    model = config.get("model") or {}
+    if "previous" in inspect.signature(_import(model.get("class_path", ""), spec)).parameters:
+        if previous is None:
+            raise PipelineError(f"stage {spec.name!r} starts from an earlier stage's output: put a stage before it")
+        model.setdefault("init_args", {})["previous"] = str(previous)
+    return config
+
+
+def _import(class_path: str, spec: StageSpec) -> type:
+    module, _, name = class_path.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError):
+        raise PipelineError(f"stage {spec.name!r}: model class_path {class_path!r} cannot be imported") from None
+
+
+def stage_hash(config: dict[str, Any], previous_hash: str | None) -> str:
+    """Config + manifest content + the previous stage: what decides whether a stage must run again."""
+    manifest = ((config.get("data") or {}).get("init_args") or {}).get("manifest")
+    manifest_digest = _file_digest(Path(manifest)) if manifest and Path(manifest).is_file() else None
+    payload = json.dumps({"config": config, "manifest": manifest_digest, "previous": previous_hash}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def _file_digest(path: Path) -> str:
+    with path.open("rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def trained_pair(config: dict[str, Any]) -> frozenset[str] | None:
+    """The two modalities a stage trained together, read from its model arguments."""
+    args = (config.get("model") or {}).get("init_args") or {}
+    if "modality" in args:
+        return frozenset((args["modality"], args.get("anchor", "text")))
+    pair = args.get("pair", ("image", "text"))
+    return frozenset(pair)
+
+
+@dataclass
+class StageRun:
+    spec: StageSpec
+    folder: Path
+    config: dict[str, Any]
+    hash: str
+
+    @property
+    def state_path(self) -> Path:
+        return self.folder / STAGE_STATE
+
+    def state(self) -> dict[str, Any] | None:
+        return json.loads(self.state_path.read_text()) if self.state_path.is_file() else None
+
+    def write_state(self, status: str) -> None:
+        payload = {"name": self.spec.name, "hash": self.hash, "status": status, "source_config": self.spec.config}
+        tmp = self.folder / f".{STAGE_STATE}.tmp"
+        tmp.write_text(json.dumps(payload, indent=2))
+        os.replace(tmp, self.state_path)
+
+    def run(self) -> None:
+        """Skip when done with this hash; otherwise fit, resuming from last.ckpt when there is one."""
+        state = self.state()
+        if state is not None and state["hash"] == self.hash and state["status"] == "done":
+            print(f"[pipeline] {self.spec.name}: done earlier with the same config and inputs, skipping")
+            return
+        if self.folder.exists() and (state is None or state["hash"] != self.hash):
+            self._set_aside(state)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        config_path = self.folder / "config.yaml"
+        config_path.write_text(yaml.safe_dump(self.config, sort_keys=False))
+        self.write_state("running")
+        command = [sys.executable, "-m", "stages.cli", "fit", "--config", str(config_path)]
+        last = self.folder / CHECKPOINTS / "last.ckpt"
+        if last.is_file():
+            print(f"[pipeline] {self.spec.name}: resuming from {last}")
+            command += ["--ckpt_path", str(last)]
+        else:
+            print(f"[pipeline] {self.spec.name}: training ({self.spec.config})")
+        returncode = subprocess.call(command)
+        if returncode != 0:
+            raise PipelineError(
+                f"stage {self.spec.name!r} failed (exit code {returncode}); fix the cause and run the same"
+                f" command again: it resumes from {last} if the stage got that far"
+            )
+        if not (self.folder / "model.safetensors").is_file():
+            raise PipelineError(
+                f"stage {self.spec.name!r} finished without exporting {self.folder / 'model.safetensors'}:"
+                " its config needs the stages.ExportPretrained callback"
+            )
+        self.write_state("done")
+
+    def _set_aside(self, state: dict[str, Any] | None) -> None:
+        old = (state or {}).get("hash", "unknown")[:8]
+        target = self.folder.with_name(f"{self.folder.name}.stale-{old}")
+        suffix = 1
+        while target.exists():
+            target = self.folder.with_name(f"{self.folder.name}.stale-{old}-{suffix}")
+            suffix += 1
+        print(f"[pipeline] {self.spec.name}: config or inputs changed; keeping the old output as {target}")
+        self.folder.rename(target)
+
+
+# --- the whole pipeline -------------------------------------------------------------------------------
+
+
+def plan(spec: PipelineSpec) -> list[StageRun]:
+    """Resolve every stage's config and hash, in order, without running anything."""
+    runs: list[StageRun] = []
+    previous: StageRun | None = None
+    for stage in spec.stages:
+        folder = Path(spec.output) / stage.name
+        config = resolve_stage_config(stage, folder, previous.folder if previous else None)
+        run = StageRun(stage, folder, config, stage_hash(config, previous.hash if previous else None))
+        runs.append(run)
+        previous = run
+    return runs
+
+
+def run_pipeline(path: str | os.PathLike[str]) -> Path:
+    """Run (or skip, or resume) every stage, then the evaluation; returns the final model's folder."""
+    spec = PipelineSpec.load(path)
+    runs = plan(spec)
+    for run in runs:
+        run.run()
+    final = runs[-1]
+    if spec.evaluation is not None:
+        _evaluate(spec, final, {p for r in runs if (p := trained_pair(r.config))})
+    return final.folder
+
+
+def _evaluate(spec: PipelineSpec, final: StageRun, trained: set[frozenset[str]]) -> None:
+    import torch
+
+    from oneencoder import OneEncoder
+
+    from .evaluate import evaluate
+
+    settings = dataclasses.asdict(spec.evaluation)
+    output = Path(spec.output)
+    key = hashlib.sha256(json.dumps({"model": final.hash, "evaluation": settings,
+                                     "manifest": _file_digest(Path(settings["manifest"]))}, sort_keys=True).encode()).hexdigest()
+    results_path = output / "results.json"
+    if results_path.is_file() and json.loads(results_path.read_text()).get("hash") == key:
+        print(f"[pipeline] evaluation: done earlier for this model and manifest ({results_path})")
+    else:
+        print(f"[pipeline] evaluating {final.folder} on {settings['manifest']} ({settings['split']})")
+        model = OneEncoder.from_pretrained(final.folder)
+        model.to("cuda" if torch.cuda.is_available() else "cpu")
+        evaluation = evaluate(model, settings["manifest"], settings["split"], ks=settings["ks"],
+                              batch_size=settings["batch_size"], num_workers=settings["num_workers"],
+                              video_backend=settings["video_backend"])
+        evaluation.trained = trained
+        evaluation.write(output, extra={"hash": key})
+    print((output / "results.md").read_text())
