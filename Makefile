@@ -6,7 +6,7 @@ TORCH := torch==2.14.1 torchaudio==2.11.0 torchcodec==0.17.0
 SHAPES := data/shapes/manifest.jsonl
 
 .DEFAULT_GOAL := help
-.PHONY: help install up test test-full bench clean
+.PHONY: help install up align-audio align-video pipeline test test-full bench clean
 
 help:  ## list targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  %-12s %s\n", $$1, $$2}'
@@ -27,6 +27,17 @@ up: install $(SHAPES)  ## stage 1: train the Universal Projection on image-text 
 	$(CLI) cache --config configs/up.yaml
 	$(CLI) fit --config configs/up.yaml --ckpt_path last
 	$(CLI) test --config configs/up.yaml --ckpt_path outputs/up/checkpoints/last.ckpt
+
+align-audio: install $(SHAPES)  ## stage 2: align audio to text, stage 1 frozen (after `make up`)
+	$(CLI) cache --config configs/align_audio.yaml
+	$(CLI) fit --config configs/align_audio.yaml --ckpt_path last
+
+align-video: install $(SHAPES)  ## stage 3: align video to text, earlier stages frozen (after `make align-audio`)
+	$(CLI) cache --config configs/align_video.yaml
+	$(CLI) fit --config configs/align_video.yaml --ckpt_path last
+
+pipeline: install $(SHAPES)  ## up -> align audio -> align video, then retrieval between all modality pairs
+	$(CLI) pipeline configs/pipeline/shapes.yaml
 
 test: install  ## fast test suite (under 5 minutes on 2 cores)
 	$(PY) -m pytest -q

@@ -2,6 +2,9 @@
 
 from .manifest import BadRecordError, ManifestError, Record, read_manifest
 from .pairs import ManifestDataModule
-from .readers import MediaError
+from .readers import AudioReader, ImageReader, MediaError, VideoReader, build_reader
 
-__all__ = ["BadRecordError", "ManifestDataModule", "ManifestError", "MediaError", "Record", "read_manifest"]
+__all__ = [
+    "AudioReader", "BadRecordError", "ImageReader", "ManifestDataModule", "ManifestError", "MediaError", "Record",
+    "VideoReader", "build_reader", "read_manifest",
+]

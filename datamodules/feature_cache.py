@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from oneencoder.encoders import FrozenEncoder
 
 from .manifest import BadRecordError, Record
-from .readers import READERS, MediaError
+from .readers import MediaError, Reader, build_reader
 
 log = logging.getLogger(__name__)
 
@@ -102,11 +102,13 @@ def build_cache(
     device: torch.device | str = "cpu",
     overwrite: bool = False,
     items_per_shard: int = ITEMS_PER_SHARD,
+    video_backend: str = "decord",
 ) -> Path:
     """Encode every item of `modality` once into `<root>/<modality>/`; resumes an interrupted build.
 
     A complete cache that already serves these records is left as it is. A cache made by another
     encoder, dtype or file version raises StaleCacheError unless `overwrite` (then it is rebuilt).
+    Media are read the evaluation way (no random windows): one fixed encoding per item.
     """
     folder = Path(root) / modality
     items = sources(records, modality)
@@ -130,11 +132,12 @@ def build_cache(
     todo = [(index, chunk) for index, chunk in enumerate(chunks) if not _shard_path(folder, index).is_file()]
     if len(todo) < len(chunks):
         log.info("%s: resuming, %d of %d shards already written", folder, len(chunks) - len(todo), len(chunks))
+    reader = None if modality == "text" else build_reader(modality, encoder.preprocessor, video_backend)
     encoder.to(device)
     try:
         with tqdm(total=sum(len(c) for _, c in todo), desc=f"caching {modality}", unit="item") as progress:
             for index, chunk in todo:
-                _write_shard(_shard_path(folder, index), chunk, encoder, modality, DTYPES[dtype],
+                _write_shard(_shard_path(folder, index), chunk, encoder, reader, DTYPES[dtype],
                              batch_size, num_workers, skip_bad_records, device, progress)
     finally:
         encoder.unload()  # a stage trained from the cache never needs the weights again
@@ -161,21 +164,22 @@ def _shard_path(folder: Path, index: int) -> Path:
 
 
 class _SourceDataset(Dataset):
-    """Decodes one item per index in a dataloader worker; a bad one becomes (index, None, reason)."""
+    """Decodes one item per index in a dataloader worker; a bad one becomes (index, None, reason).
+    Captions (no `reader`) pass through as they are."""
 
-    def __init__(self, items: list[Source], modality: str) -> None:
+    def __init__(self, items: list[Source], reader: Reader | None) -> None:
         self.items = items
-        self.modality = modality
+        self.reader = reader
 
     def __len__(self) -> int:
         return len(self.items)
 
     def __getitem__(self, index: int) -> tuple[int, Any, str | None]:
         item = self.items[index]
-        if self.modality == "text":
+        if self.reader is None:
             return index, item.value, None
         try:
-            return index, READERS[self.modality](item.value), None
+            return index, self.reader(item.value, None), None
         except MediaError as error:
             return index, None, str(error)
 
@@ -195,7 +199,7 @@ def _write_shard(
     path: Path,
     chunk: list[Source],
     encoder: FrozenEncoder,
-    modality: str,
+    reader: Reader | None,
     dtype: torch.dtype,
     batch_size: int,
     num_workers: int,
@@ -206,7 +210,7 @@ def _write_shard(
     # Batches never cross a shard boundary, so a resumed build encodes exactly the batches an
     # uninterrupted one would have, and the two caches are bit-identical.
     loader = DataLoader(
-        _SourceDataset(chunk, modality), batch_size=batch_size, num_workers=num_workers,
+        _SourceDataset(chunk, reader), batch_size=batch_size, num_workers=num_workers,
         collate_fn=_SourceCollator(encoder.preprocessor),
     )
     keys: list[str] = []

@@ -15,7 +15,8 @@ from oneencoder.encoders import FrozenEncoder
 
 from .feature_cache import FeatureCache, build_cache, pad_features, sources, text_key
 from .manifest import BadRecordError, Record, read_manifest
-from .readers import READERS, MediaError
+from .readers import READABLE, MediaError, Reader, build_reader, check_video_backend
+from .sampling import EpochSampler, loader_generator
 
 log = logging.getLogger(__name__)
 
@@ -26,51 +27,56 @@ SKIP_HINT = "Fix or remove the record, or set `skip_bad_records: true` to skip s
 class PairDataset(Dataset):
     """Item = {"index": record index, modality: [rows]}; None for a skipped bad record.
 
-    Text has one random caption per item in training and all captions in evaluation; media have one row.
-    A row is raw (caption, image, ...) or, for a modality in `caches`, its cached token features.
+    The key decides the mode. A record index is evaluation: all the record's captions, media read the
+    fixed way. `(index, draw)` is training (EpochSampler's keys): `draw` picks the one caption and
+    seeds the readers' random windows, so the sampler alone decides an epoch, whichever worker reads
+    which item. A row is raw (caption, image, ...), read by `readers`, or, for a modality in
+    `caches`, its cached token features.
     """
 
     def __init__(
         self,
         records: list[Record],
         modalities: tuple[str, ...],
-        all_captions: bool,
         skip_bad_records: bool,
         caches: Mapping[str, FeatureCache] | None = None,
+        readers: Mapping[str, Reader] | None = None,
     ) -> None:
         self.records = records
         self.modalities = modalities
-        self.all_captions = all_captions
         self.skip_bad_records = skip_bad_records
         self.caches = caches or {}
+        self.readers = readers or {}
 
     def __len__(self) -> int:
         return len(self.records)
 
-    def _captions(self, record: Record) -> list[Any]:
+    def _captions(self, record: Record, draw: int | None) -> list[Any]:
         captions = record.captions()
-        indices = range(len(captions)) if self.all_captions else [random.randrange(len(captions))]
+        indices: Sequence[int] = range(len(captions)) if draw is None else [draw % len(captions)]
         if "text" in self.caches:
             return [self.caches["text"][text_key(record.id, i)] for i in indices]
         return [captions[i] for i in indices]
 
-    def _media(self, record: Record, modality: str) -> Any:
+    def _media(self, record: Record, modality: str, rng: random.Random | None) -> Any:
         cache = self.caches.get(modality)
         if cache is None:
-            return READERS[modality](record.path(modality))
+            return self.readers[modality](record.path(modality), rng)
         if record.id in cache.skipped:
             raise MediaError(cache.skipped[record.id])
         return cache[record.id]
 
-    def __getitem__(self, index: int) -> dict[str, Any] | None:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any] | None:
+        index, draw = key if isinstance(key, tuple) else (key, None)
+        rng = None if draw is None else random.Random(draw)
         record = self.records[index]
         item: dict[str, Any] = {"index": index}
         for modality in self.modalities:
             if modality == "text":
-                item["text"] = self._captions(record)
+                item["text"] = self._captions(record, draw)
                 continue
             try:
-                item[modality] = [self._media(record, modality)]
+                item[modality] = [self._media(record, modality, rng)]
             except MediaError as error:
                 if self.skip_bad_records:
                     log.warning("skipping %s: %s", record.where(), error)
@@ -116,10 +122,17 @@ class ManifestDataModule(LightningDataModule):
     but do not decode are found while reading: skipped ones are counted in each batch's `num_skipped`.
     `encoders` comes from the model (the CLI links it): {modality: FrozenEncoder}.
 
+    Media are read to suit each encoder's preprocessor: sounds resampled to its rate, mono, at most
+    its `max_seconds`; videos as its `num_frames` frames, decoded with `video_backend` ("decord", or
+    "pyav" where decord has no wheel). Training reads a random window of each sound and video when
+    the sampler passes `(index, draw)` keys (see PairDataset), evaluation a fixed one.
+
     With `feature_cache` (a folder), batches carry the encoders' token features read from that cache
     instead of raw inputs, and the encoders' weights are never loaded. The cache is built on first use
     (in `prepare_data`, by one process per node) and refused when it no longer matches the encoders or
-    the files; `cache_dtype: float16` halves its size.
+    the files; `cache_dtype: float16` halves its size. It holds one encoding per item, read the
+    evaluation way (the first `max_seconds`, frames spread over the whole video), so training from
+    it sees no random windows.
     """
 
     def __init__(
@@ -133,11 +146,14 @@ class ManifestDataModule(LightningDataModule):
         feature_cache: str | None = None,
         cache_dtype: str = "float32",
         encoders: Mapping[str, FrozenEncoder] | None = None,
+        video_backend: str = "decord",
     ) -> None:
         super().__init__()
-        unknown = [m for m in modalities if m != "text" and m not in READERS]
+        unknown = [m for m in modalities if m != "text" and m not in READABLE]
         if unknown:
-            raise ValueError(f"no reader for modalities {unknown}; readable: {['text', *READERS]}")
+            raise ValueError(f"no reader for modalities {unknown}; readable: {['text', *READABLE]}")
+        if "video" in modalities:
+            check_video_backend(video_backend)
         self.manifest = manifest
         self.modalities = tuple(modalities)
         self.batch_size = batch_size
@@ -147,6 +163,7 @@ class ManifestDataModule(LightningDataModule):
         self.feature_cache = feature_cache
         self.cache_dtype = cache_dtype
         self.encoders = encoders
+        self.video_backend = video_backend
         self.splits: dict[str, list[Record]] = {}
         self.caches: dict[str, FeatureCache] = {}
         self.num_skipped_at_setup = 0
@@ -177,6 +194,7 @@ class ManifestDataModule(LightningDataModule):
                 self.feature_cache, modality, records, self._encoders()[modality], dtype=self.cache_dtype,
                 batch_size=self.eval_batch_size, num_workers=self.num_workers,
                 skip_bad_records=self.skip_bad_records, device=device, overwrite=overwrite,
+                video_backend=self.video_backend,
             )
 
     def setup(self, stage: str | None = None) -> None:
@@ -217,23 +235,30 @@ class ManifestDataModule(LightningDataModule):
     def _loader(self, split: str, train: bool) -> DataLoader:
         if self.caches:
             preprocessors: Mapping[str, Preprocess] = {m: pad_features for m in self.modalities}
+            readers: dict[str, Reader] = {}
         else:
-            preprocessors = {m: encoder.preprocessor for m, encoder in self._encoders().items()}
+            encoders = self._encoders()
+            preprocessors = {m: encoder.preprocessor for m, encoder in encoders.items()}
+            readers = {
+                m: build_reader(m, encoders[m].preprocessor, self.video_backend) for m in self.modalities if m != "text"
+            }
         records = self.splits[split]
         if not records:
             raise ValueError(f"{self.manifest} has no {split!r} records with {' and '.join(self.modalities)}")
-        dataset = PairDataset(
-            records, self.modalities, all_captions=not train, skip_bad_records=self.skip_bad_records, caches=self.caches
-        )
+        dataset = PairDataset(records, self.modalities, self.skip_bad_records, caches=self.caches, readers=readers)
         return DataLoader(
             dataset,
             batch_size=self.batch_size if train else self.eval_batch_size,
-            shuffle=train,
+            sampler=EpochSampler(len(records), self._epoch) if train else None,
             drop_last=train and len(records) > self.batch_size,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             collate_fn=PairCollator(preprocessors, self.modalities),
+            generator=loader_generator(),
         )
+
+    def _epoch(self) -> int:
+        return self.trainer.current_epoch if self.trainer is not None else 0
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", train=True)

@@ -1,11 +1,12 @@
 """The `oneencoder` command: LightningCLI's fit / validate / test / predict for every stage, plus
-`oneencoder data ...` to build data sets and `oneencoder cache` to encode a stage's data once."""
+`oneencoder data ...` to build data sets, `oneencoder cache` to encode a stage's data once,
+`oneencoder pipeline` to chain stages and `oneencoder evaluate` for retrieval between all modalities."""
 
 from __future__ import annotations
 
 import sys
 import warnings
-from typing import Sequence
+from typing import Optional, Sequence
 
 from jsonargparse import ArgumentParser
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -22,10 +23,13 @@ def data_command(argv: Sequence[str]) -> None:
 
     parser = ArgumentParser(prog="oneencoder data", description="Build data sets in the manifest format.")
     commands = parser.add_subcommands()
-    shapes = ArgumentParser(description="The planted coloured-shapes image-text set.")
-    shapes.add_argument("root", help="folder to write images/ and manifest.jsonl into")
+    shapes = ArgumentParser(
+        description="The planted coloured-shapes set: per caption an image, a sound (16 kHz, 0.5 s) and"
+        " a video (8 frames)."
+    )
+    shapes.add_argument("root", help="folder to write images/, audio/, video/ and manifest.jsonl into")
     shapes.add_argument("--train_per_combo", type=int, default=6)
-    shapes.add_argument("--size", type=int, default=32)
+    shapes.add_argument("--size", type=int, default=32, help="image and video side in pixels (even)")
     shapes.add_argument("--seed", type=int, default=0)
     commands.add_subcommand("shapes", shapes)
     args = parser.parse_args(list(argv))
@@ -51,7 +55,51 @@ def cache_command(argv: Sequence[str]) -> None:
     print(f"feature cache ready in {cli.datamodule.feature_cache}")
 
 
-TOOL_COMMANDS = {"data": data_command, "cache": cache_command}
+def pipeline_command(argv: Sequence[str]) -> None:
+    from .pipeline import run_pipeline
+
+    parser = ArgumentParser(
+        prog="oneencoder pipeline",
+        description="Run the stages of a pipeline config in order (skipping finished ones, resuming an"
+        " interrupted one), then evaluate every pair of modalities.",
+    )
+    parser.add_argument("config", help="a pipeline config, e.g. configs/pipeline/shapes.yaml")
+    args = parser.parse_args(list(argv))
+    final = run_pipeline(args.config)
+    print(f"final model: {final}")
+
+
+def evaluate_command(argv: Sequence[str]) -> None:
+    import torch
+
+    from oneencoder import OneEncoder
+
+    from .evaluate import evaluate
+
+    parser = ArgumentParser(
+        prog="oneencoder evaluate",
+        description="Retrieval between every pair of a model's modalities on a manifest split, both"
+        " directions, with chance levels.",
+    )
+    parser.add_argument("model", help="a stage's output folder (config.json + model.safetensors)")
+    parser.add_argument("manifest", help="a JSON Lines manifest")
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--modalities", type=Optional[list[str]], default=None, help="default: all the model's")
+    parser.add_argument("--ks", type=list[int], default=[1, 5, 10])
+    parser.add_argument("--batch_size", type=int, default=64)
+    parser.add_argument("--num_workers", type=int, default=0)
+    parser.add_argument("--video_backend", default="decord")
+    parser.add_argument("--output", default=None, help="folder for results.json and results.md")
+    args = parser.parse_args(list(argv))
+    model = OneEncoder.from_pretrained(args.model).to("cuda" if torch.cuda.is_available() else "cpu")
+    evaluation = evaluate(model, args.manifest, args.split, args.modalities, args.ks, args.batch_size,
+                          args.num_workers, args.video_backend)
+    if args.output:
+        evaluation.write(args.output)
+    print(evaluation.markdown())
+
+
+TOOL_COMMANDS = {"data": data_command, "cache": cache_command, "pipeline": pipeline_command, "evaluate": evaluate_command}
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -111,7 +111,7 @@ def embed_records(
     """Every item of `modality` in `records` (all captions for text), read, encoded and projected."""
     encoder = model.encoders[modality]
     readers = {} if modality == "text" else {modality: build_reader(modality, encoder.preprocessor, video_backend)}
-    dataset = PairDataset(list(records), (modality,), all_captions=True, skip_bad_records=False, readers=readers)
+    dataset = PairDataset(list(records), (modality,), skip_bad_records=False, readers=readers)
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers,
                         collate_fn=PairCollator({modality: encoder.preprocessor}, (modality,)))
     device = next(model.parameters()).device

@@ -15,7 +15,7 @@ from conftest import tiny_encoder, tiny_model_config
 from datamodules import BadRecordError, ManifestDataModule, read_manifest
 from datamodules import feature_cache
 from datamodules.feature_cache import FeatureCache, StaleCacheError, build_cache, sources
-from datamodules.readers import read_image
+from datamodules.readers import ImageReader
 from datamodules.shapes import write_shapes_dataset
 from oneencoder import OneEncoder
 from oneencoder.encoders import build_encoder
@@ -41,7 +41,7 @@ def test_cached_features_are_the_online_features_exact_in_fp32_close_in_fp16(sma
     cache = FeatureCache(_build(tmp_path / "fp32", modality, small_set))
     half = FeatureCache(_build(tmp_path / "fp16", modality, small_set, dtype="float16"))
     batch = items[16:32]  # the builder's second batch: same rows, same padding, so bit-identical
-    raw = [s.value if modality == "text" else read_image(s.value) for s in batch]
+    raw = [s.value if modality == "text" else ImageReader()(s.value) for s in batch]
     online = encoder(encoder.preprocess(raw))
     for row, item in enumerate(batch):
         expected = online.features[row][online.mask[row]]

@@ -4,7 +4,7 @@ import torch
 from conftest import tiny_model_config
 from oneencoder import OneEncoder
 from oneencoder.freezing import state_fingerprint
-from datamodules.readers import read_image
+from datamodules.readers import ImageReader
 
 CAPTIONS = ["a red circle", "the blue square is in the bottom right and sits in the top left"]
 
@@ -35,7 +35,7 @@ def test_precomputed_features_give_the_same_embeddings(tiny_model):
 
 
 def test_save_load_round_trip_gives_identical_embeddings(tiny_model, tmp_path, shapes_manifest):
-    images = [read_image(p) for p in sorted((shapes_manifest.parent / "images").glob("*.png"))[:3]]
+    images = [ImageReader()(p) for p in sorted((shapes_manifest.parent / "images").glob("*.png"))[:3]]
     tiny_model.save_pretrained(tmp_path / "model")
     loaded = OneEncoder.from_pretrained(tmp_path / "model")
     assert state_fingerprint(loaded) == state_fingerprint(tiny_model)

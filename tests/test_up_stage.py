@@ -9,7 +9,7 @@ from lightning.pytorch import Trainer, seed_everything
 
 from conftest import tiny_model_config
 from datamodules import ManifestDataModule, read_manifest
-from datamodules.readers import read_image
+from datamodules.readers import ImageReader
 from oneencoder import OneEncoder
 from oneencoder.freezing import state_fingerprint
 from oneencoder.retrieval import retrieval_metrics
@@ -69,7 +69,7 @@ def test_exported_folder_is_the_best_model_and_scores_what_metrics_json_says(tra
     assert recorded["val/loss"] == pytest.approx(trained["trainer"].callbacks[0].best)
     loaded = OneEncoder.from_pretrained(root)  # no training code involved from here on
     val = [r for r in read_manifest(shapes_manifest) if r.split == "val"]
-    images = loaded.embed("image", [read_image(r.path("image")) for r in val])
+    images = loaded.embed("image", [ImageReader()(r.path("image")) for r in val])
     captions = [(i, c) for i, r in enumerate(val) for c in r.captions()]
     texts = loaded.embed("text", [c for _, c in captions])
     owners = torch.tensor([i for i, _ in captions])

@@ -63,11 +63,17 @@ class ImagePreprocessor(ProcessorWrapper):
 
 
 class AudioPreprocessor(ProcessorWrapper):
-    """1-d float waveforms at the extractor's sampling rate -> padded values + sample mask."""
+    """1-d float waveforms at the extractor's sampling rate -> padded values + sample mask.
+
+    Waveforms longer than the `max_seconds` call setting are cut to it: the audio reader already
+    keeps at most that much, this guards waveforms that come from elsewhere.
+    """
 
     def __call__(self, items: Sequence[np.ndarray]) -> dict[str, Tensor]:
+        max_seconds = self.call_settings["max_seconds"]
+        limit = None if max_seconds is None else round(max_seconds * self.processor.sampling_rate)
         encoded = self.processor(
-            [np.asarray(x, dtype=np.float32) for x in items],
+            [np.asarray(x, dtype=np.float32)[:limit] for x in items],
             sampling_rate=self.processor.sampling_rate,
             padding=True,
             return_attention_mask=True,
@@ -229,11 +235,14 @@ class AudioEncoder(TransformersEncoder):
         from transformers import AutoFeatureExtractor, Wav2Vec2FeatureExtractor
 
         config = self.config
+        settings = dict(config.processor)
+        # Ours, not the extractor's: how much of each sound the reader keeps (None: all of it).
+        max_seconds = settings.pop("max_seconds", 10.0)
         if config.pretrained is not None:
-            return AudioPreprocessor(
-                _from_pretrained(AutoFeatureExtractor, config.pretrained, "feature extractor", **config.processor)
-            )
-        return AudioPreprocessor(Wav2Vec2FeatureExtractor(**{"sampling_rate": 16000, **config.processor}))
+            extractor = _from_pretrained(AutoFeatureExtractor, config.pretrained, "feature extractor", **settings)
+        else:
+            extractor = Wav2Vec2FeatureExtractor(**{"sampling_rate": 16000, **settings})
+        return AudioPreprocessor(extractor, max_seconds=max_seconds)
 
     def encode(self, inputs: dict[str, Tensor]) -> EncoderOutput:
         sample_mask = inputs["attention_mask"]
@@ -258,15 +267,18 @@ class VideoEncoder(TransformersEncoder):
 
         config = self.config
         num_frames = int(self.model_config.num_frames)
+        settings = dict(config.processor)
+        # Ours, not the processor's: training clips span num_frames * frame_stride frames.
+        frame_stride = int(settings.pop("frame_stride", 4))
         if config.pretrained is not None:
             processor = _from_pretrained(
-                AutoImageProcessor, config.pretrained, "video processor", backend="pil", **config.processor
+                AutoImageProcessor, config.pretrained, "video processor", backend="pil", **settings
             )
         else:
             size = self.model_config.image_size
             defaults = {"size": {"shortest_edge": size}, "crop_size": {"height": size, "width": size}}
-            processor = VideoMAEImageProcessorPil(**{**defaults, **config.processor})
-        return VideoPreprocessor(processor, num_frames=num_frames)
+            processor = VideoMAEImageProcessorPil(**{**defaults, **settings})
+        return VideoPreprocessor(processor, num_frames=num_frames, frame_stride=frame_stride)
 
     def encode(self, inputs: dict[str, Tensor]) -> EncoderOutput:
         return self._all_valid(self.module(pixel_values=inputs["pixel_values"]).last_hidden_state)
