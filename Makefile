@@ -6,7 +6,7 @@ TORCH := torch==2.14.1 torchaudio==2.11.0 torchcodec==0.17.0
 SHAPES := data/shapes/manifest.jsonl
 
 .DEFAULT_GOAL := help
-.PHONY: help install up align-audio align-video pipeline test test-full bench clean
+.PHONY: help install up align-audio align-video pipeline test test-slow test-full bench clean
 
 help:  ## list targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  %-12s %s\n", $$1, $$2}'
@@ -41,6 +41,9 @@ pipeline: install $(SHAPES)  ## up -> align audio -> align video, then retrieval
 
 test: install  ## fast test suite (under 5 minutes on 2 cores)
 	$(PY) -m pytest -q
+
+test-slow: install  ## only the slow tests: DDP launches, the pipeline killed and resumed (about 5 minutes)
+	$(PY) -m pytest -q -m slow
 
 test-full: install  ## every test, slow ones (DDP launches, full stage runs) included
 	$(PY) -m pytest -q -m ''

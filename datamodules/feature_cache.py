@@ -32,9 +32,9 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from oneencoder.encoders import FrozenEncoder
+from oneencoder.readers import MediaError, Reader, build_reader
 
 from .manifest import BadRecordError, Record
-from .readers import MediaError, Reader, build_reader
 
 log = logging.getLogger(__name__)
 

@@ -12,10 +12,16 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from oneencoder.encoders import FrozenEncoder
+from oneencoder.readers import (
+    READABLE,
+    MediaError,
+    Reader,
+    build_reader,
+    check_video_backend,
+)
 
 from .feature_cache import FeatureCache, build_cache, pad_features, sources, text_key
 from .manifest import BadRecordError, Record, read_manifest
-from .readers import READABLE, MediaError, Reader, build_reader, check_video_backend
 from .sampling import EpochSampler, loader_generator
 
 log = logging.getLogger(__name__)
@@ -258,7 +264,9 @@ class ManifestDataModule(LightningDataModule):
         )
 
     def _epoch(self) -> int:
-        return self.trainer.current_epoch if self.trainer is not None else 0
+        # Epochs processed so far, which is what Lightning gives samplers' set_epoch: a run resumed
+        # from an end-of-epoch checkpoint has already advanced it, while `current_epoch` lags there.
+        return self.trainer.fit_loop.epoch_progress.current.processed if self.trainer is not None else 0
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", train=True)

@@ -18,6 +18,7 @@ from .encoders import EncoderOutput, FrozenEncoder, build_encoder
 from .fusion import TokenFusion
 from .heads import ModalityToken, ProjectionHead
 from .projection import UniversalProjection, masked_mean, normalize
+from .readers import build_reader
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -98,15 +99,24 @@ class OneEncoder(nn.Module):
         return embeddings
 
     @torch.no_grad()
-    def embed(self, modality: str, items: Sequence[Any], batch_size: int = 64) -> Tensor:
-        """Raw items (strings, PIL images, waveforms, clips) -> (len(items), d) embeddings on the CPU."""
+    def embed(self, modality: str, items: Sequence[Any], batch_size: int = 64, video_backend: str = "decord") -> Tensor:
+        """Items -> (len(items), d) embeddings on the CPU.
+
+        Text items are strings; media items are file paths (read as in evaluation: resampled sound,
+        frames spread over the video) or already decoded PIL images, waveforms at the encoder's
+        rate, or clips of frames.
+        """
         was_training = self.training
         self.eval()
         try:
             device = next(self.parameters()).device
+            encoder = self._encoder(modality)
+            if modality != "text" and any(isinstance(item, (str, os.PathLike)) for item in items):
+                read = build_reader(modality, encoder.preprocessor, video_backend)
+                items = [read(Path(item), None) if isinstance(item, (str, os.PathLike)) else item for item in items]
             chunks = []
             for start in range(0, len(items), batch_size):
-                inputs = self._encoder(modality).preprocess(items[start : start + batch_size])
+                inputs = encoder.preprocess(items[start : start + batch_size])
                 inputs = {k: v.to(device) for k, v in inputs.items()}
                 chunks.append(self({modality: inputs})[modality].cpu())
             return torch.cat(chunks) if chunks else torch.empty(0, self.config.embed_dim)

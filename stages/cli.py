@@ -11,6 +11,7 @@ from typing import Optional, Sequence
 from jsonargparse import ArgumentParser
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+
 class OneEncoderCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         # The data module preprocesses with the encoders' weight-free preprocessors in its workers, or

@@ -19,8 +19,8 @@ from tqdm.auto import tqdm
 
 from datamodules.manifest import Record, read_manifest
 from datamodules.pairs import PairCollator, PairDataset
-from datamodules.readers import build_reader
 from oneencoder import OneEncoder
+from oneencoder.readers import build_reader
 from oneencoder.retrieval import first_relevant_ranks, recall_at_k
 
 

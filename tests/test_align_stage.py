@@ -2,8 +2,8 @@
 
 import pytest
 import torch
-
 from conftest import tiny_encoder, tiny_model_config
+
 from oneencoder import HeadConfig, OneEncoder
 from oneencoder.freezing import state_fingerprint
 from stages import AlignStage

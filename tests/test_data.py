@@ -1,8 +1,8 @@
 import json
 
 import pytest
-
 from conftest import tiny_model_config
+
 from datamodules import BadRecordError, ManifestDataModule, ManifestError, read_manifest
 from datamodules.shapes import write_shapes_dataset
 from oneencoder import OneEncoder

@@ -1,11 +1,12 @@
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_encoder
 from PIL import Image
 
-from conftest import tiny_encoder
 from oneencoder.config import EncoderConfig
 from oneencoder.encoders import EncoderLoadError, build_encoder
+from oneencoder.encoders.base import folder_digest
 from oneencoder.freezing import state_fingerprint
 
 
@@ -83,3 +84,11 @@ def test_missing_pretrained_model_offline_names_model_and_setting(monkeypatch, t
 def test_encoder_config_needs_exactly_one_source():
     with pytest.raises(ValueError, match="exactly one of `pretrained`"):
         EncoderConfig(kind="text")
+
+
+def test_an_exported_text_encoder_is_the_same_files_whether_or_not_it_ran(tmp_path):
+    unused, used = build_encoder(tiny_encoder("text")), build_encoder(tiny_encoder("text"))
+    used.preprocess(["a red circle", "the blue square sits in the top left"])
+    unused.save_pretrained(str(tmp_path / "unused"))
+    used.save_pretrained(str(tmp_path / "used"))
+    assert folder_digest(tmp_path / "unused") == folder_digest(tmp_path / "used")

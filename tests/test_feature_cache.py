@@ -7,18 +7,22 @@ from functools import partial
 
 import pytest
 import torch
+from conftest import tiny_encoder, tiny_model_config
 from lightning.pytorch import Trainer, seed_everything
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from conftest import tiny_encoder, tiny_model_config
-from datamodules import BadRecordError, ManifestDataModule, read_manifest
-from datamodules import feature_cache
-from datamodules.feature_cache import FeatureCache, StaleCacheError, build_cache, sources
-from datamodules.readers import ImageReader
+from datamodules import BadRecordError, ManifestDataModule, feature_cache, read_manifest
+from datamodules.feature_cache import (
+    FeatureCache,
+    StaleCacheError,
+    build_cache,
+    sources,
+)
 from datamodules.shapes import write_shapes_dataset
 from oneencoder import OneEncoder
 from oneencoder.encoders import build_encoder
+from oneencoder.readers import ImageReader
 from stages import UPStage
 
 

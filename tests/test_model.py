@@ -1,10 +1,10 @@
 import pytest
 import torch
-
 from conftest import tiny_model_config
+
 from oneencoder import OneEncoder
 from oneencoder.freezing import state_fingerprint
-from datamodules.readers import ImageReader
+from oneencoder.readers import ImageReader
 
 CAPTIONS = ["a red circle", "the blue square is in the bottom right and sits in the top left"]
 

@@ -1,11 +1,21 @@
 """The stage runner: resolved stage configs, hashes, and the whole chain on the planted set."""
 
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import pytest
+import torch
 import yaml
+from safetensors.torch import load_file
 
 from stages.pipeline import PipelineError, PipelineSpec, StageSpec, plan, resolve_stage_config
 
-ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _pipeline(tmp_path, stages, **extra):
@@ -59,3 +69,105 @@ def test_pipeline_config_errors_are_named(tmp_path):
     (tmp_path / "up.yaml").write_text(yaml.safe_dump(config))
     with pytest.raises(PipelineError, match=r"needs a ModelCheckpoint callback with `save_last: true`"):
         resolve_stage_config(StageSpec("up", str(tmp_path / "up.yaml")), tmp_path / "out", None)
+
+
+# --- the whole chain, in subprocesses as a user runs it ------------------------------------------------
+
+
+def _stage_config(name, manifest, root, epochs, **data):
+    config = yaml.safe_load((ROOT / "configs" / name).read_text())
+    config["trainer"]["max_epochs"] = epochs
+    config["trainer"]["enable_progress_bar"] = False
+    settings = {"manifest": str(manifest), "batch_size": 32, "num_workers": 0,
+                "feature_cache": str(root / f"features-{name}"), **data}
+    config["data"]["init_args"].update(settings)
+    path = root / name
+    path.write_text(yaml.safe_dump(config))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def chain(shapes_manifest, tmp_path_factory):
+    """A two-stage pipeline (up -> align audio) on the planted set, and a way to run it."""
+    root = tmp_path_factory.mktemp("pipeline")
+    stages = [
+        {"name": "up", "config": _stage_config("up.yaml", shapes_manifest, root, epochs=12)},
+        {"name": "align-audio", "config": _stage_config("align_audio.yaml", shapes_manifest, root, epochs=8, num_workers=1)},
+    ]
+
+    def write(output):
+        path = root / f"{output}.yaml"
+        path.write_text(yaml.safe_dump({"output": str(root / output), "stages": stages,
+                                        "evaluation": {"manifest": str(shapes_manifest), "split": "test"}}))
+        return path
+
+    return root, write
+
+
+def _pipeline_command(config):
+    return [sys.executable, "-m", "stages.cli", "pipeline", str(config)]
+
+
+def _run(config):
+    result = subprocess.run(_pipeline_command(config), capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(chain):
+    root, write = chain
+    stdout = _run(write("uninterrupted"))
+    return root / "uninterrupted", stdout
+
+
+@pytest.mark.slow
+def test_pipeline_evaluates_every_pair_and_transitive_retrieval_is_far_above_chance(uninterrupted):
+    output, stdout = uninterrupted
+    results = json.loads((output / "results.json").read_text())
+    pairs = {name.rsplit("/", 1)[0] for name in results["metrics"]}
+    assert pairs == {f"{a}->{b}" for a in ("image", "text", "audio") for b in ("image", "text", "audio") if a != b}
+    metrics, chance = results["metrics"], results["chance"]
+    print({k: round(v, 3) for k, v in metrics.items() if "R@" in k})
+    for pair in ("audio->text", "text->audio", "audio->image", "image->audio"):  # the last two never trained
+        assert metrics[f"{pair}/R@10"] > 2.5 * chance[f"{pair}/R@10"], pair
+        assert metrics[f"{pair}/MedR"] < chance[f"{pair}/MedR"] / 2, pair
+    assert "| audio->image |" in stdout and "no (transitive)" in stdout
+    assert (output / "results.md").read_text() in stdout
+
+
+@pytest.mark.slow
+def test_a_finished_pipeline_is_skipped(chain, uninterrupted):
+    output, _ = uninterrupted
+    weights = output / "align-audio/model.safetensors"
+    stamp = weights.stat().st_mtime_ns
+    stdout = _run(chain[1]("uninterrupted"))
+    assert stdout.count("done earlier with the same config and inputs, skipping") == 2
+    assert "evaluation: done earlier" in stdout
+    assert weights.stat().st_mtime_ns == stamp
+
+
+@pytest.mark.slow
+def test_a_killed_stage_resumes_and_ends_with_the_uninterrupted_weights(chain, uninterrupted):
+    root, write = chain
+    config = write("killed")
+    checkpoint = root / "killed/align-audio/checkpoints/last.ckpt"
+    process = subprocess.Popen(_pipeline_command(config), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               env={**os.environ, "PYTHONPATH": str(ROOT)}, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not checkpoint.is_file() and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    assert checkpoint.is_file(), "the stage never wrote a checkpoint"
+    assert json.loads((root / "killed/align-audio/stage.json").read_text())["status"] == "running"
+
+    stdout = _run(config)
+    assert "up: done earlier" in stdout and f"align-audio: resuming from {checkpoint}" in stdout
+    resumed = load_file(str(root / "killed/align-audio/model.safetensors"))
+    reference = load_file(str(uninterrupted[0] / "align-audio/model.safetensors"))
+    assert resumed.keys() == reference.keys()
+    assert all(torch.equal(resumed[k], reference[k]) for k in reference)

@@ -10,14 +10,21 @@ import av
 import numpy as np
 import pytest
 import soundfile
-
 from conftest import tiny_encoder
-from datamodules import AudioReader, BadRecordError, ManifestDataModule, MediaError, VideoReader, build_reader
+
+from datamodules import (
+    AudioReader,
+    BadRecordError,
+    ManifestDataModule,
+    MediaError,
+    VideoReader,
+    build_reader,
+)
 from datamodules.manifest import read_manifest
 from datamodules.pairs import PairDataset
-from datamodules.readers import frame_indices
 from datamodules.shapes import write_shapes_dataset, write_video
 from oneencoder.encoders import build_encoder
+from oneencoder.readers import frame_indices
 
 RATE = 16000
 

@@ -8,7 +8,15 @@ import pytest
 import soundfile
 
 from datamodules import VideoReader
-from datamodules.shapes import CLIP_SECONDS, COLOURS, PITCHES, PLACES, SAMPLING_RATE, VIDEO_FRAMES, write_shapes_dataset
+from datamodules.shapes import (
+    CLIP_SECONDS,
+    COLOURS,
+    PITCHES,
+    PLACES,
+    SAMPLING_RATE,
+    VIDEO_FRAMES,
+    write_shapes_dataset,
+)
 
 
 @pytest.fixture(scope="module")

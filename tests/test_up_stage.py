@@ -5,13 +5,13 @@ from functools import partial
 
 import pytest
 import torch
+from conftest import tiny_model_config
 from lightning.pytorch import Trainer, seed_everything
 
-from conftest import tiny_model_config
 from datamodules import ManifestDataModule, read_manifest
-from datamodules.readers import ImageReader
 from oneencoder import OneEncoder
 from oneencoder.freezing import state_fingerprint
+from oneencoder.readers import ImageReader
 from oneencoder.retrieval import retrieval_metrics
 from stages import ExportPretrained, UPStage
 

@@ -56,6 +56,15 @@ class TextPreprocessor(ProcessorWrapper):
         encoded = self.processor(list(items), padding=True, truncation=True, return_tensors="pt", **self.call_settings)
         return {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
 
+    def save_pretrained(self, folder: str) -> None:
+        # A fast tokenizer keeps the padding / truncation of its last call in tokenizer.json; clear
+        # them (every call sets its own), so an export is the same file whether or not it was used.
+        backend = getattr(self.processor, "backend_tokenizer", None)
+        if backend is not None:
+            backend.no_padding()
+            backend.no_truncation()
+        super().save_pretrained(folder)
+
 
 class ImagePreprocessor(ProcessorWrapper):
     def __call__(self, items: Sequence[Any]) -> dict[str, Tensor]:

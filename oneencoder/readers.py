@@ -26,7 +26,7 @@ import torch
 import torchaudio.functional
 from PIL import Image, UnidentifiedImageError
 
-from oneencoder.encoders.transformers_backend import ProcessorWrapper
+from .encoders.transformers_backend import ProcessorWrapper
 
 Reader = Callable[[Path, random.Random | None], Any]
 READABLE = ("image", "audio", "video")
