@@ -15,8 +15,9 @@ class EncoderConfig:
 
     Exactly one of ``pretrained`` (a hub name or a local folder) and ``model_config`` (keyword
     arguments of ``transformers.AutoConfig.for_model``, for tiny random encoders in tests) is set.
-    ``processor`` overrides preprocessing settings (``max_length``, ``size``, ``sampling_rate``,
-    ``num_frames``...). ``vocab`` gives a word-level vocabulary to a text encoder built from
+    ``processor`` overrides preprocessing settings (``max_length``, ``size``, ``sampling_rate``...),
+    plus how files are read for the encoder: ``max_seconds`` of audio (default 10) and, for video, the
+    ``frame_stride`` of training windows (default 4; the frame count is the model's ``num_frames``). ``vocab`` gives a word-level vocabulary to a text encoder built from
     ``model_config``, which has no tokenizer of its own.
     """
 

@@ -156,7 +156,7 @@ def test_a_killed_stage_resumes_and_ends_with_the_uninterrupted_weights(chain, u
     process = subprocess.Popen(_pipeline_command(config), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                env={**os.environ, "PYTHONPATH": str(ROOT)}, start_new_session=True)
     try:
-        deadline = time.monotonic() + 300
+        deadline = time.monotonic() + 600
         while not checkpoint.is_file() and process.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)
     finally:
