@@ -71,11 +71,7 @@ def pipeline_command(argv: Sequence[str]) -> None:
 
 
 def evaluate_command(argv: Sequence[str]) -> None:
-    import torch
-
-    from oneencoder import OneEncoder
-
-    from .evaluate import evaluate
+    from .evaluate import evaluate_folder
 
     parser = ArgumentParser(
         prog="oneencoder evaluate",
@@ -92,9 +88,9 @@ def evaluate_command(argv: Sequence[str]) -> None:
     parser.add_argument("--video_backend", default="decord")
     parser.add_argument("--output", default=None, help="folder for results.json and results.md")
     args = parser.parse_args(list(argv))
-    model = OneEncoder.from_pretrained(args.model).to("cuda" if torch.cuda.is_available() else "cpu")
-    evaluation = evaluate(model, args.manifest, args.split, args.modalities, args.ks, args.batch_size,
-                          args.num_workers, args.video_backend)
+    evaluation = evaluate_folder(args.model, args.manifest, args.split, modalities=args.modalities, ks=args.ks,
+                                 batch_size=args.batch_size, num_workers=args.num_workers,
+                                 video_backend=args.video_backend)
     if args.output:
         evaluation.write(args.output)
     print(evaluation.markdown())

@@ -183,3 +183,9 @@ def evaluate(
     for a, b in itertools.permutations(present, 2):
         evaluation.results.append(pair_result(a, b, embedded[a], embedded[b], ks))
     return evaluation
+
+
+def evaluate_folder(folder: str | os.PathLike[str], manifest: str, split: str = "test", **options: Any) -> Evaluation:
+    """`evaluate` for a stage's output folder, on the GPU when there is one."""
+    model = OneEncoder.from_pretrained(folder).to("cuda" if torch.cuda.is_available() else "cpu")
+    return evaluate(model, manifest, split, **options)

@@ -253,11 +253,7 @@ def run_pipeline(path: str | os.PathLike[str]) -> Path:
 
 
 def _evaluate(spec: PipelineSpec, final: StageRun, trained: set[frozenset[str]]) -> None:
-    import torch
-
-    from oneencoder import OneEncoder
-
-    from .evaluate import evaluate
+    from .evaluate import evaluate_folder
 
     settings = dataclasses.asdict(spec.evaluation)
     output = Path(spec.output)
@@ -268,11 +264,7 @@ def _evaluate(spec: PipelineSpec, final: StageRun, trained: set[frozenset[str]])
         print(f"[pipeline] evaluation: done earlier for this model and manifest ({results_path})")
     else:
         print(f"[pipeline] evaluating {final.folder} on {settings['manifest']} ({settings['split']})")
-        model = OneEncoder.from_pretrained(final.folder)
-        model.to("cuda" if torch.cuda.is_available() else "cpu")
-        evaluation = evaluate(model, settings["manifest"], settings["split"], ks=settings["ks"],
-                              batch_size=settings["batch_size"], num_workers=settings["num_workers"],
-                              video_backend=settings["video_backend"])
+        evaluation = evaluate_folder(final.folder, **settings)
         evaluation.trained = trained
         evaluation.write(output, extra={"hash": key})
     print((output / "results.md").read_text())
