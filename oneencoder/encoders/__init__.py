@@ -6,10 +6,14 @@ from typing import Callable
 
 from ..config import EncoderConfig
 from .base import EncoderOutput, FrozenEncoder, Preprocessor
+from .efficientnet import EfficientNetEncoder
 from .transformers_backend import EncoderLoadError, build_transformers_encoder
+from .whisper import WhisperEncoder
 
 BACKENDS: dict[str, Callable[[EncoderConfig], FrozenEncoder]] = {
     "transformers": build_transformers_encoder,
+    "efficientnet": EfficientNetEncoder,
+    "whisper": WhisperEncoder,
 }
 
 

@@ -45,6 +45,11 @@ class Preprocessor(ABC):
     def save_pretrained(self, folder: str) -> None:
         """Write its files beside the model's."""
 
+    def reader_settings(self) -> dict[str, Any]:
+        """What the file reader must produce for it: `sampling_rate` and `max_seconds` for audio,
+        `num_frames` and `frame_stride` for video, nothing for text and images."""
+        return {}
+
 
 class FrozenEncoder(ABC):
     """A pretrained encoder that is never trained, described cheaply and loaded on first use.
@@ -132,10 +137,11 @@ class FrozenEncoder(ABC):
         }
 
 
-def folder_digest(folder: str | Path) -> str:
-    """sha256 over every file's relative name and content: a local model folder's weights identity."""
-    folder = Path(folder)
-    files = sorted(p for p in folder.rglob("*") if p.is_file())
+def folder_digest(path: str | Path) -> str:
+    """sha256 over every file's relative name and content: a local model folder's (or weights
+    file's) identity."""
+    path = Path(path)
+    folder, files = (path, sorted(p for p in path.rglob("*") if p.is_file())) if path.is_dir() else (path.parent, [path])
     return _files_digest(tuple((str(p.relative_to(folder)), str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files))
 
 

