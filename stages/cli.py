@@ -20,6 +20,9 @@ class OneEncoderCLI(LightningCLI):
 
 
 def data_command(argv: Sequence[str]) -> None:
+    import logging
+
+    from datamodules.openmoji import VIDEO_PER_SPLIT, build_openmoji, count_records
     from datamodules.shapes import write_shapes_dataset
 
     parser = ArgumentParser(prog="oneencoder data", description="Build data sets in the manifest format.")
@@ -33,11 +36,37 @@ def data_command(argv: Sequence[str]) -> None:
     shapes.add_argument("--size", type=int, default=32, help="image and video side in pixels (even)")
     shapes.add_argument("--seed", type=int, default=0)
     commands.add_subcommand("shapes", shapes)
+    openmoji = ArgumentParser(
+        description="Emoji from the OpenMoji npm package: per emoji its drawing, its name spoken (16 kHz)"
+        " and captions; for some, a clip of the drawing panning, zooming or rotating. Needs rsvg-convert"
+        " and espeak-ng (apt-get install librsvg2-bin espeak-ng), and npm unless --package is given."
+    )
+    openmoji.add_argument("root", help="folder to write images/, audio/, video/, build.json and manifest.jsonl into")
+    openmoji.add_argument("--package", type=Optional[str], default=None,
+                          help="an extracted openmoji package folder (default: npm pack it into ROOT/downloads)")
+    openmoji.add_argument("--seed", type=int, default=0)
+    openmoji.add_argument("--size", type=int, default=224, help="image and video side in pixels (even)")
+    openmoji.add_argument("--frames", type=int, default=8, help="frames per clip")
+    openmoji.add_argument("--limit", type=Optional[int], default=None, help="keep only this many emoji (quick runs)")
+    for split, count in VIDEO_PER_SPLIT.items():
+        openmoji.add_argument(f"--video_{split}", type=int, default=count, help=f"clips for {split} emoji")
+    openmoji.add_argument("--workers", type=int, default=2, help="parallel tool calls")
+    commands.add_subcommand("openmoji", openmoji)
     args = parser.parse_args(list(argv))
     if args.subcommand == "shapes":
         options = args.shapes
         manifest = write_shapes_dataset(options.root, options.train_per_combo, options.size, options.seed)
         print(f"wrote {manifest}")
+    elif args.subcommand == "openmoji":
+        logging.basicConfig(level=logging.INFO, format="%(message)s")  # what was kept, skipped, written
+        options = args.openmoji
+        clips = {split: options[f"video_{split}"] for split in VIDEO_PER_SPLIT}
+        manifest = build_openmoji(options.root, options.package, seed=options.seed, size=options.size,
+                                  video_per_split=clips, frames=options.frames, limit=options.limit,
+                                  workers=options.workers)
+        print(f"wrote {manifest}")
+        for split, counts in count_records(manifest).items():
+            print(f"{split}: {counts['emoji']} emoji, {counts['clips']} clips")
 
 
 def cache_command(argv: Sequence[str]) -> None:

@@ -23,11 +23,13 @@ from .bundled import bundled_identity, is_bundled, resolve
 
 FEATURE_DIM = 1280  # every Lite variant ends in a 1x1 convolution to 1280 channels
 ARCHITECTURE = re.compile(r"^(efficientnet-lite\d)")
+IMAGES_PER_PASS = 8
 
 
 class EfficientNetPreprocessor(Preprocessor):
-    """Images (PIL) or clips (lists of HxWx3 uint8 frames) -> resize the short side to `size`,
-    centre crop, then (x - 127) / 128: the normalisation EfficientNet-Lite was trained with."""
+    """Images (PIL) or clips (lists of HxWx3 uint8 frames) -> resize the short side to `size`, centre
+    crop, as uint8: a quarter of float32's bytes between dataloader workers (a batch of 64 eight-frame
+    clips is 157 MB in float32); the encoder normalises."""
 
     def __init__(self, size: int = 224, num_frames: int | None = None, frame_stride: int = 1) -> None:
         self.size = size
@@ -51,8 +53,7 @@ class EfficientNetPreprocessor(Preprocessor):
         image = image.resize((width, height), Image.Resampling.BICUBIC)
         left, top = (width - self.size) // 2, (height - self.size) // 2
         image = image.crop((left, top, left + self.size, top + self.size))
-        pixels = torch.from_numpy(np.array(image, dtype=np.float32)).permute(2, 0, 1)
-        return (pixels - 127.0) / 128.0
+        return torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)
 
     def settings(self) -> dict[str, Any]:
         return {"size": self.size, "num_frames": self.num_frames, "frame_stride": self.frame_stride,
@@ -116,13 +117,19 @@ class EfficientNetEncoder(FrozenEncoder):
     def encode(self, inputs: dict[str, Tensor]) -> EncoderOutput:
         pixels = inputs["pixel_values"]
         if self.config.kind == "image":
-            grid = self.module.extract_features(pixels)  # (batch, 1280, 7, 7)
-            tokens = grid.flatten(2).transpose(1, 2)
+            tokens = self._feature_grid(pixels).flatten(2).transpose(1, 2)  # (batch, 49, 1280) at 224 px
         else:
             batch, frames = pixels.shape[:2]
-            grid = self.module.extract_features(pixels.flatten(0, 1))
-            tokens = grid.mean((2, 3)).reshape(batch, frames, -1)
+            tokens = self._feature_grid(pixels.flatten(0, 1)).mean((2, 3)).reshape(batch, frames, -1)
         return EncoderOutput(tokens, torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device))
+
+    def _feature_grid(self, images: Tensor) -> Tensor:
+        """(n, 3, H, W) -> (n, 1280, H/32, W/32), a few images at a time: on two CPU cores 8 images per
+        pass run 1.5-2x faster per image than 128 (the activations stay in cache), and a video batch
+        of 64 clips is 512 images."""
+        # (x - 127) / 128: the normalisation EfficientNet-Lite was trained with.
+        return torch.cat([self.module.extract_features((chunk.float() - 127.0) / 128.0)
+                          for chunk in images.split(IMAGES_PER_PASS)])
 
     def save_pretrained(self, folder: str) -> None:
         raise NotImplementedError("pretrained encoders are referenced by `pretrained`, never copied into a model folder")
