@@ -105,7 +105,7 @@ def evaluate_command(argv: Sequence[str]) -> None:
     parser = ArgumentParser(
         prog="oneencoder evaluate",
         description="Retrieval between every pair of a model's modalities on a manifest split, both"
-        " directions, with chance levels.",
+        " directions, with chance levels; records with a `label` are also classified zero-shot.",
     )
     parser.add_argument("model", help="a stage's output folder (config.json + model.safetensors)")
     parser.add_argument("manifest", help="a JSON Lines manifest")
@@ -115,11 +115,15 @@ def evaluate_command(argv: Sequence[str]) -> None:
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--num_workers", type=int, default=0)
     parser.add_argument("--video_backend", default="decord")
+    parser.add_argument("--templates", type=list[str], default=["{}"],
+                        help="zero-shot prompts, each with one {} for the class name, averaged per class")
+    parser.add_argument("--classes", type=Optional[list[str]], default=None,
+                        help="zero-shot class names (default: the split's labels)")
     parser.add_argument("--output", default=None, help="folder for results.json and results.md")
     args = parser.parse_args(list(argv))
     evaluation = evaluate_folder(args.model, args.manifest, args.split, modalities=args.modalities, ks=args.ks,
                                  batch_size=args.batch_size, num_workers=args.num_workers,
-                                 video_backend=args.video_backend)
+                                 video_backend=args.video_backend, templates=args.templates, classes=args.classes)
     if args.output:
         evaluation.write(args.output)
     print(evaluation.markdown())

@@ -1,5 +1,7 @@
 """Retrieval between every pair of a model's modalities on a manifest split, both directions, with
-the chance level beside each figure: pairs never trained together included (transitive alignment)."""
+the chance level beside each figure: pairs never trained together included (transitive alignment).
+Records with a `label` are also classified zero-shot, OneEncoder's CIFAR-10 protocol: each class name
+in prompt templates, embedded as text, averaged over the templates, nearest class wins."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from typing import Any, Sequence
 
 import torch
 from torch import Tensor
+from torch.nn.functional import normalize
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -47,6 +50,19 @@ class PairResult:
 
 
 @dataclass
+class ZeroShotResult:
+    """One modality's labelled records classified among `classes` class names."""
+
+    modality: str
+    metrics: dict[str, float]  # acc@k
+    chance: dict[str, float]  # k / classes
+    majority: float  # always answering the most frequent label
+    records: int
+    classes: int
+    templates: int
+
+
+@dataclass
 class Evaluation:
     """All pairs' results; `trained` (pairs of modalities trained together), when known, marks the
     others as transitive in the table."""
@@ -55,6 +71,8 @@ class Evaluation:
     split: str
     results: list[PairResult] = field(default_factory=list)
     trained: set[frozenset[str]] | None = None
+    unpaired: list[str] = field(default_factory=list)  # pairs of modalities no record has both of
+    zero_shot: list[ZeroShotResult] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """results.json: flat metric names (`audio->image/R@1`) with the chance levels beside them."""
@@ -67,11 +85,27 @@ class Evaluation:
         }
         if self.trained is not None:
             data["trained_pairs"] = sorted(sorted(pair) for pair in self.trained)
+        if self.unpaired:
+            data["unpaired"] = self.unpaired
+        if self.zero_shot:
+            data["zero_shot"] = {
+                "metrics": {f"{z.modality}/zero-shot/{k}": v for z in self.zero_shot for k, v in z.metrics.items()},
+                "chance": {f"{z.modality}/zero-shot/{k}": v for z in self.zero_shot for k, v in z.chance.items()},
+                "majority": {f"{z.modality}/zero-shot": z.majority for z in self.zero_shot},
+                "sizes": {z.modality: {"records": z.records, "classes": z.classes, "templates": z.templates}
+                          for z in self.zero_shot},
+            }
         return data
 
     def markdown(self) -> str:
+        lines = self._retrieval_lines()
+        if self.unpaired:
+            lines += ["", f"No record has both of: {', '.join(self.unpaired)} (not evaluated)."]
+        return "\n".join(lines + self._zero_shot_lines()) + "\n"
+
+    def _retrieval_lines(self) -> list[str]:
         if not self.results:
-            return "(no pairs evaluated)\n"
+            return ["(no pairs evaluated)"]
         keys = list(self.results[0].metrics)
         columns = ["query -> gallery", *(f"{k} (chance)" for k in keys), "queries", "gallery"]
         if self.trained is not None:
@@ -83,9 +117,23 @@ class Evaluation:
             if self.trained is not None:
                 cells.append("yes" if frozenset((r.query, r.gallery)) in self.trained else "no (transitive)")
             rows.append("| " + " | ".join(cells) + " |")
-        lines = [f"Retrieval on `{self.manifest}`, split `{self.split}`", "",
-                 "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns), *rows]
-        return "\n".join(lines) + "\n"
+        return [f"Retrieval on `{self.manifest}`, split `{self.split}`", "",
+                "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns), *rows]
+
+    def _zero_shot_lines(self) -> list[str]:
+        if not self.zero_shot:
+            return []
+        keys = list(self.zero_shot[0].metrics)
+        columns = ["modality", *(f"{k} (chance)" for k in keys), "majority class", "records", "classes"]
+        rows = [
+            "| " + " | ".join([z.modality, *(f"{z.metrics[k]:.3f} ({z.chance[k]:.3f})" for k in keys),
+                               f"{z.majority:.3f}", str(z.records), str(z.classes)]) + " |"
+            for z in self.zero_shot
+        ]
+        first = self.zero_shot[0]
+        return ["", f"Zero-shot classification by `label` ({first.classes} classes, {first.templates} prompt"
+                f" template{'s' if first.templates > 1 else ''} averaged)", "",
+                "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns), *rows]
 
     def write(self, folder: str | os.PathLike[str], extra: dict[str, Any] | None = None) -> None:
         """results.json (plus `extra` keys) and results.md in `folder`."""
@@ -156,6 +204,46 @@ def chance_levels(relevant_counts: Sequence[int], gallery_size: int, ks: Sequenc
     return chance
 
 
+def class_embeddings(model: OneEncoder, classes: Sequence[str], templates: Sequence[str], batch_size: int = 64) -> Tensor:
+    """(classes, d): each class name in every template, embedded as text, averaged, re-normalised."""
+    for template in templates:
+        if template.count("{}") != 1:
+            raise ValueError(f"a prompt template needs exactly one {{}} for the class name (got {template!r})")
+    prompts = [template.format(name) for name in classes for template in templates]
+    embeddings = model.embed("text", prompts, batch_size=batch_size).float()
+    return normalize(embeddings.reshape(len(classes), len(templates), -1).mean(1), dim=-1)
+
+
+def zero_shot_result(modality: str, embedded: Embedded, labels: Sequence[str | None], classes: Sequence[str],
+                     prototypes: Tensor, templates: int) -> ZeroShotResult | None:
+    """Accuracy@k of the nearest class prompt for the rows whose record has a label; None if none has."""
+    rows = torch.tensor([i for i, owner in enumerate(embedded.owners.tolist()) if labels[owner] is not None])
+    if len(rows) == 0:
+        return None
+    index = {name: i for i, name in enumerate(classes)}
+    targets = torch.tensor([index[labels[owner]] for owner in embedded.owners[rows].tolist()])
+    ranking = (embedded.embeddings[rows] @ prototypes.T).argsort(dim=1, descending=True)
+    ks = [k for k in (1, 5) if k < len(classes)] or [1]
+    metrics = {f"acc@{k}": (ranking[:, :k] == targets[:, None]).any(1).float().mean().item() for k in ks}
+    chance = {f"acc@{k}": k / len(classes) for k in ks}
+    majority = Counter(targets.tolist()).most_common(1)[0][1] / len(targets)
+    return ZeroShotResult(modality, metrics, chance, majority, len(targets), len(classes), templates)
+
+
+def _classes(records: Sequence[Record], classes: Sequence[str] | None, manifest: str) -> list[str]:
+    labels = [r.fields.get("label") for r in records]
+    if classes is None:
+        return sorted({label for label in labels if label is not None})
+    unknown = [(r.where(), label) for r, label in zip(records, labels) if label is not None and label not in classes]
+    if unknown:
+        where, label = unknown[0]
+        raise ValueError(
+            f"{where}: label {label!r} is not among the classes {list(classes)} ({len(unknown)} such records"
+            f" in {manifest}); add it to the classes or leave `classes` unset to use the manifest's labels"
+        )
+    return list(classes)
+
+
 def evaluate(
     model: OneEncoder,
     manifest: str,
@@ -165,8 +253,12 @@ def evaluate(
     batch_size: int = 64,
     num_workers: int = 0,
     video_backend: str = "decord",
+    templates: Sequence[str] = ("{}",),
+    classes: Sequence[str] | None = None,
 ) -> Evaluation:
-    """Every ordered pair of `modalities` (default: all the model's that the manifest has)."""
+    """Every ordered pair of `modalities` (default: all the model's that the manifest has) that some
+    records share; then zero-shot classification of the labelled records' non-text items among
+    `classes` (default: the split's labels), each prompt made from `templates`."""
     records = [r for r in read_manifest(manifest) if r.split == split]
     if not records:
         raise ValueError(f"{manifest} has no {split!r} records to evaluate")
@@ -181,7 +273,18 @@ def evaluate(
         embedded[m] = Embedded(rows.embeddings, positions[rows.owners])  # owners as indices into `records`
     evaluation = Evaluation(str(manifest), split)
     for a, b in itertools.permutations(present, 2):
-        evaluation.results.append(pair_result(a, b, embedded[a], embedded[b], ks))
+        if any(a in r.fields and b in r.fields for r in records):
+            evaluation.results.append(pair_result(a, b, embedded[a], embedded[b], ks))
+        elif a < b:
+            evaluation.unpaired.append(f"{a}-{b}")
+    names = _classes(records, classes, str(manifest))
+    if names:
+        prototypes = class_embeddings(model, names, templates, batch_size)
+        labels = [r.fields.get("label") for r in records]
+        for m in present:
+            result = None if m == "text" else zero_shot_result(m, embedded[m], labels, names, prototypes, len(templates))
+            if result is not None:
+                evaluation.zero_shot.append(result)
     return evaluation
 
 

@@ -47,7 +47,9 @@ class StageSpec:
 
 @dataclass
 class EvaluationSpec:
-    """The final evaluation: retrieval between every pair of the final model's modalities."""
+    """The final evaluation: retrieval between every pair of the final model's modalities, and
+    zero-shot classification of labelled records (`templates`: prompts with one `{}` for the class
+    name; `classes`: default the split's labels)."""
 
     manifest: str
     split: str = "test"
@@ -55,6 +57,8 @@ class EvaluationSpec:
     batch_size: int = 64
     num_workers: int = 0
     video_backend: str = "decord"
+    templates: list[str] = field(default_factory=lambda: ["{}"])
+    classes: list[str] | None = None
 
 
 @dataclass

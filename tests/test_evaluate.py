@@ -1,11 +1,14 @@
-"""Retrieval between all modality pairs, and the chance levels printed beside it."""
+"""Retrieval between all modality pairs, the chance levels printed beside it, and zero-shot
+classification of labelled records."""
 
+import json
 import math
 
 import pytest
 import torch
+from torch.nn.functional import normalize
 
-from stages.evaluate import Embedded, Evaluation, chance_levels, pair_result
+from stages.evaluate import Embedded, Evaluation, chance_levels, class_embeddings, evaluate, pair_result, zero_shot_result
 
 
 def test_chance_with_one_relevant_item_is_k_over_n_and_the_middle_rank():
@@ -52,3 +55,74 @@ def test_table_marks_pairs_never_trained_together():
     data = evaluation.to_dict()
     assert data["metrics"]["audio->image/R@1"] == 1.0 and data["chance"]["audio->image/R@1"] == pytest.approx(0.2)
     assert data["trained_pairs"] == [["audio", "text"]]
+
+
+class PromptTable:
+    """A stand-in model whose text embeddings are looked up by prompt."""
+
+    def __init__(self, vectors: dict[str, torch.Tensor]) -> None:
+        self.vectors = vectors
+
+    def embed(self, modality, items, batch_size=64):
+        assert modality == "text"
+        return torch.stack([self.vectors[item] for item in items])
+
+
+def test_class_embedding_is_the_normalised_mean_over_templates():
+    vectors = {p: torch.randn(6) for p in ("cat", "a photo of cat", "dog", "a photo of dog")}
+    prototypes = class_embeddings(PromptTable(vectors), ["cat", "dog"], ["{}", "a photo of {}"])
+    expected = normalize(torch.stack([vectors["cat"] + vectors["a photo of cat"],
+                                      vectors["dog"] + vectors["a photo of dog"]]), dim=-1)
+    torch.testing.assert_close(prototypes, expected)
+    with pytest.raises(ValueError, match="exactly one"):
+        class_embeddings(PromptTable(vectors), ["cat"], ["a photo"])
+
+
+def test_zero_shot_accuracy_chance_and_majority_on_planted_items():
+    classes = ["a", "b", "c", "d", "e", "f"]
+    prototypes = normalize(torch.randn(6, 16), dim=-1)
+    labels = ["a", "a", "a", "b", None]  # the unlabelled record is left out
+    items = Embedded(prototypes[[0, 0, 0, 1, 2]] + 0.01 * torch.randn(5, 16), torch.arange(5))
+    result = zero_shot_result("image", items, labels, classes, prototypes, templates=1)
+    assert result.metrics == {"acc@1": 1.0, "acc@5": 1.0} and result.records == 4
+    assert result.chance == {"acc@1": pytest.approx(1 / 6), "acc@5": pytest.approx(5 / 6)}
+    assert result.majority == 0.75
+    wrong = Embedded(prototypes[[1, 1, 1, 0, 0]], torch.arange(5))  # every item looks like another class
+    assert zero_shot_result("image", wrong, labels, classes, prototypes, 1).metrics["acc@1"] == 0.0
+
+
+@pytest.fixture
+def labelled_manifest(shapes_manifest):
+    """The shapes set's test records with their colour as `label`; image-only and caption-only records
+    besides, which share no pair."""
+    records = [r for r in map(json.loads, shapes_manifest.read_text().splitlines()) if r["split"] == "test"]
+    lines = [{**r, "label": r["id"].split("-")[0]} for r in records]
+    lines += [{"id": "lone-image", "split": "test", "image": records[0]["image"]},
+              {"id": "lone-caption", "split": "test", "text": "a red circle"}]
+    path = shapes_manifest.parent / "labelled.jsonl"
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return path
+
+
+def test_evaluation_classifies_labelled_records_zero_shot(tiny_model, labelled_manifest):
+    evaluation = evaluate(tiny_model, str(labelled_manifest), templates=["{}", "a {} shape"])
+    (result,) = evaluation.zero_shot
+    colours = {json.loads(line).get("label") for line in labelled_manifest.read_text().splitlines()} - {None}
+    assert (result.modality, result.records, result.classes, result.templates) == ("image", 96, len(colours), 2)
+    assert "Zero-shot classification by `label`" in evaluation.markdown()
+    assert set(evaluation.to_dict()["zero_shot"]["metrics"]) == {"image/zero-shot/acc@1"} | (
+        {"image/zero-shot/acc@5"} if len(colours) > 5 else set()
+    )
+    with pytest.raises(ValueError, match="label 'blue' is not among the classes"):
+        evaluate(tiny_model, str(labelled_manifest), classes=["red", "green"])
+
+
+def test_pairs_no_record_has_are_named_not_evaluated(tiny_model, shapes_manifest, tmp_path):
+    records = [r for r in map(json.loads, shapes_manifest.read_text().splitlines()) if r["split"] == "test"][:4]
+    lines = [{"id": "i", "split": "test", "image": str(shapes_manifest.parent / records[0]["image"])},
+             {"id": "t", "split": "test", "text": "a red circle"}]
+    manifest = tmp_path / "apart.jsonl"
+    manifest.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    evaluation = evaluate(tiny_model, str(manifest))
+    assert evaluation.results == [] and evaluation.unpaired == ["image-text"]
+    assert "No record has both of: image-text" in evaluation.markdown()
