@@ -21,6 +21,7 @@ import logging
 import os
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -204,6 +205,7 @@ class StageRun:
             command += ["--ckpt_path", str(last)]
         else:
             print(f"[pipeline] {self.spec.name}: training ({self.spec.config})")
+        started = time.monotonic()
         returncode = subprocess.call(command)
         if returncode != 0:
             raise PipelineError(
@@ -216,6 +218,7 @@ class StageRun:
                 " its config needs the stages.ExportPretrained callback"
             )
         self.write_state("done")
+        print(f"[pipeline] {self.spec.name}: done in {_duration(time.monotonic() - started)}")
 
     def _set_aside(self, state: dict[str, Any] | None) -> None:
         old = (state or {}).get("hash", "unknown")[:8]
@@ -268,7 +271,14 @@ def _evaluate(spec: PipelineSpec, final: StageRun, trained: set[frozenset[str]])
         print(f"[pipeline] evaluation: done earlier for this model and manifest ({results_path})")
     else:
         print(f"[pipeline] evaluating {final.folder} on {settings['manifest']} ({settings['split']})")
+        started = time.monotonic()
         evaluation = evaluate_folder(final.folder, **settings)
         evaluation.trained = trained
         evaluation.write(output, extra={"hash": key})
+        print(f"[pipeline] evaluation: done in {_duration(time.monotonic() - started)}")
     print((output / "results.md").read_text())
+
+
+def _duration(seconds: float) -> str:
+    minutes, seconds = divmod(round(seconds), 60)
+    return f"{minutes}m{seconds:02d}s" if minutes else f"{seconds}s"
