@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 import warnings
 from typing import Optional, Sequence
 
@@ -22,6 +23,7 @@ class OneEncoderCLI(LightningCLI):
 def data_command(argv: Sequence[str]) -> None:
     import logging
 
+    from datamodules.converters import SOURCES, converter
     from datamodules.openmoji import VIDEO_PER_SPLIT, build_openmoji, count_records
     from datamodules.shapes import write_shapes_dataset
 
@@ -52,11 +54,19 @@ def data_command(argv: Sequence[str]) -> None:
         openmoji.add_argument(f"--video_{split}", type=int, default=count, help=f"clips for {split} emoji")
     openmoji.add_argument("--workers", type=int, default=2, help="parallel tool calls")
     commands.add_subcommand("openmoji", openmoji)
+    convert = ArgumentParser(description="Convert a public dataset's own layout to a manifest, keeping its splits.")
+    convert.add_argument("source", help=f"one of {sorted(SOURCES)}")
+    convert.add_argument("root", help="the dataset's top folder as distributed")
+    convert.add_argument("out", help="the manifest to write (media paths are stored relative to its folder)")
+    commands.add_subcommand("convert", convert)
     args = parser.parse_args(list(argv))
     if args.subcommand == "shapes":
         options = args.shapes
         manifest = write_shapes_dataset(options.root, options.train_per_combo, options.size, options.seed)
         print(f"wrote {manifest}")
+    elif args.subcommand == "convert":
+        options = args.convert
+        print(converter(options.source)(Path(options.root), Path(options.out)).summary())
     elif args.subcommand == "openmoji":
         logging.basicConfig(level=logging.INFO, format="%(message)s")  # what was kept, skipped, written
         options = args.openmoji

@@ -1,0 +1,37 @@
+"""Converters from public datasets' own on-disk layouts to the manifest format, keeping their official
+splits: `oneencoder data convert <source> <root> <out.jsonl>`.
+
+Each source lives in its own module with `convert(root: Path, out: Path) -> Conversion`; the registry
+names the module so that a source's imports load only when it is used.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Callable
+
+from .base import Conversion, ConversionError, write_manifest
+
+SOURCES: dict[str, str] = {  # source name -> module:function
+    "coco": "datamodules.converters.coco:convert",
+    "coco-karpathy": "datamodules.converters.coco:convert_karpathy",
+    "flickr30k": "datamodules.converters.flickr30k:convert",
+    "flickr30k-csv": "datamodules.converters.flickr30k:convert_results_csv",
+    "textcaps": "datamodules.converters.textcaps:convert",
+    "librispeech": "datamodules.converters.librispeech:convert",
+    "msrvtt": "datamodules.converters.msrvtt:convert",
+    "cifar10": "datamodules.converters.cifar10:convert",
+    "imagefolder": "datamodules.converters.imagefolder:convert",
+    "esc50": "datamodules.converters.esc50:convert",
+}
+
+
+def converter(source: str) -> Callable[[Path, Path], Conversion]:
+    if source not in SOURCES:
+        raise ValueError(f"unknown source {source!r}; sources: {sorted(SOURCES)}")
+    module, function = SOURCES[source].split(":")
+    return getattr(importlib.import_module(module), function)
+
+
+__all__ = ["SOURCES", "Conversion", "ConversionError", "converter", "write_manifest"]

@@ -1,0 +1,55 @@
+"""What every converter shares: the error for a layout it does not recognise, the report of what it
+wrote and skipped, and the atomic manifest writer."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+
+class ConversionError(ValueError):
+    """The dataset's folder is missing or not laid out as expected: the message names the file it
+    expected and where."""
+
+
+@dataclass
+class Conversion:
+    """What a converter wrote: the manifest, records per split, and skips counted by reason."""
+
+    manifest: Path
+    written: Counter = field(default_factory=Counter)  # split -> records
+    skipped: Counter = field(default_factory=Counter)  # reason -> records
+
+    def summary(self) -> str:
+        splits = ", ".join(f"{split} {count}" for split, count in sorted(self.written.items()))
+        skips = "; ".join(f"{count} {reason}" for reason, count in self.skipped.most_common()) or "none"
+        return f"wrote {sum(self.written.values())} records to {self.manifest} ({splits}); skipped: {skips}"
+
+
+def write_manifest(out: Path, records: Iterable[dict[str, Any]], conversion: Conversion) -> Conversion:
+    """Write records (media paths relative to `out`'s folder) as JSON Lines, atomically, counting them
+    per split into `conversion`."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    with tmp.open("w", encoding="utf-8") as lines:
+        for record in records:
+            conversion.written[record["split"]] += 1
+            lines.write(json.dumps(record, ensure_ascii=False) + "\n")
+    os.replace(tmp, out)
+    return conversion
+
+
+def relative(path: Path, out: Path) -> str:
+    """A media path as the manifest stores it: relative to the manifest's folder."""
+    return os.path.relpath(path.resolve(), out.parent.resolve())
+
+
+def expect(path: Path, what: str) -> Path:
+    """`path`, or a ConversionError naming what should be there."""
+    if not path.exists():
+        raise ConversionError(f"expected {what} at {path}, found nothing: is the root the dataset's top folder?")
+    return path
