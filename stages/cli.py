@@ -5,8 +5,8 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 import warnings
+from pathlib import Path
 from typing import Optional, Sequence
 
 from jsonargparse import ArgumentParser
