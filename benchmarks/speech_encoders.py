@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -25,8 +24,10 @@ import torch
 from datamodules.manifest import read_manifest
 from oneencoder.config import EncoderConfig
 from oneencoder.encoders import build_encoder
+from oneencoder.encoders.bundled import package_folder
 from oneencoder.readers import AudioReader
 
+INSTALL_CONTENDER = "pip install --no-deps openwakeword==0.5.1 && pip install onnxruntime"
 MAX_SECONDS = 4.0  # the demo's window: its longest spoken caption is 3.7 s
 OWW_WINDOW, OWW_STEP = 76, 8  # mel frames per embedding and the hop between them (openWakeWord's)
 
@@ -48,10 +49,10 @@ def whisper_summaries(waves: list[np.ndarray]) -> np.ndarray:
 def openwakeword_summaries(waves: list[np.ndarray]) -> np.ndarray:
     try:
         import onnxruntime
-        from openwakeword import utils
     except ImportError as error:
         raise SystemExit(f"{error}: install the contender first (see this module's docstring)") from None
-    models = Path(utils.__file__).parent / "resources" / "models"
+    # Its models only: importing openwakeword itself needs scikit-learn and tflite.
+    models = package_folder("openwakeword", INSTALL_CONTENDER) / "resources" / "models"
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = torch.get_num_threads()
     melspectrogram = onnxruntime.InferenceSession(str(models / "melspectrogram.onnx"), options)
@@ -106,8 +107,8 @@ def main() -> None:
     waves = [read(r.path("audio"), None) for r in chosen]
     targets = caption_embeddings([r.captions()[0] for r in chosen])
     encoders: dict[str, Callable[[list[np.ndarray]], np.ndarray]] = {
-        "whisper-base (CTranslate2, 512-d per 20 ms)": whisper_summaries,
         "openWakeWord speech embedding (96-d per 80 ms)": openwakeword_summaries,
+        "whisper-base (CTranslate2, 512-d per 20 ms)": whisper_summaries,
     }
     results = {}
     for name, summaries in encoders.items():
