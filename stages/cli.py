@@ -126,7 +126,7 @@ def evaluate_command(argv: Sequence[str]) -> None:
     parser.add_argument("--num_workers", type=int, default=0)
     parser.add_argument("--video_backend", default="decord")
     parser.add_argument("--templates", type=list[str], default=["{}"],
-                        help="zero-shot prompts, each with one {} for the class name, averaged per class")
+                        help="zero-shot prompts, {} where the class name goes, averaged per class")
     parser.add_argument("--classes", type=Optional[list[str]], default=None,
                         help="zero-shot class names (default: the split's labels)")
     parser.add_argument("--output", default=None, help="folder for results.json and results.md")

@@ -205,11 +205,12 @@ def chance_levels(relevant_counts: Sequence[int], gallery_size: int, ks: Sequenc
 
 
 def class_embeddings(model: OneEncoder, classes: Sequence[str], templates: Sequence[str], batch_size: int = 64) -> Tensor:
-    """(classes, d): each class name in every template, embedded as text, averaged, re-normalised."""
+    """(classes, d): each class name in every template, embedded as text, averaged, re-normalised.
+    Every `{}` of a template takes the name (OneEncoder's CIFAR-10 prompt has it twice)."""
     for template in templates:
-        if template.count("{}") != 1:
-            raise ValueError(f"a prompt template needs exactly one {{}} for the class name (got {template!r})")
-    prompts = [template.format(name) for name in classes for template in templates]
+        if "{}" not in template:
+            raise ValueError(f"a prompt template needs a {{}} where the class name goes (got {template!r})")
+    prompts = [template.replace("{}", name) for name in classes for template in templates]
     embeddings = model.embed("text", prompts, batch_size=batch_size).float()
     return normalize(embeddings.reshape(len(classes), len(templates), -1).mean(1), dim=-1)
 

@@ -49,8 +49,8 @@ class StageSpec:
 @dataclass
 class EvaluationSpec:
     """The final evaluation: retrieval between every pair of the final model's modalities, and
-    zero-shot classification of labelled records (`templates`: prompts with one `{}` for the class
-    name; `classes`: default the split's labels)."""
+    zero-shot classification of labelled records (`templates`: prompts with `{}` where the class
+    name goes; `classes`: default the split's labels)."""
 
     manifest: str
     split: str = "test"

@@ -74,8 +74,14 @@ def test_class_embedding_is_the_normalised_mean_over_templates():
     expected = normalize(torch.stack([vectors["cat"] + vectors["a photo of cat"],
                                       vectors["dog"] + vectors["a photo of dog"]]), dim=-1)
     torch.testing.assert_close(prototypes, expected)
-    with pytest.raises(ValueError, match="exactly one"):
+    with pytest.raises(ValueError, match="where the class name goes"):
         class_embeddings(PromptTable(vectors), ["cat"], ["a photo"])
+
+
+def test_every_brace_of_a_template_takes_the_class_name():
+    vectors = {"a cat, this is a photo of a cat": torch.ones(4)}
+    prototypes = class_embeddings(PromptTable(vectors), ["cat"], ["a {}, this is a photo of a {}"])
+    torch.testing.assert_close(prototypes, torch.full((1, 4), 0.5))
 
 
 def test_zero_shot_accuracy_chance_and_majority_on_planted_items():
