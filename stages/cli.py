@@ -23,7 +23,7 @@ class OneEncoderCLI(LightningCLI):
 def data_command(argv: Sequence[str]) -> None:
     import logging
 
-    from datamodules.converters import SOURCES, converter
+    from datamodules.converters import SOURCES, ConversionError, converter
     from datamodules.openmoji import VIDEO_PER_SPLIT, build_openmoji, count_records
     from datamodules.shapes import write_shapes_dataset
 
@@ -66,7 +66,10 @@ def data_command(argv: Sequence[str]) -> None:
         print(f"wrote {manifest}")
     elif args.subcommand == "convert":
         options = args.convert
-        print(converter(options.source)(Path(options.root), Path(options.out)).summary())
+        try:
+            print(converter(options.source)(Path(options.root), Path(options.out)).summary())
+        except ConversionError as error:
+            sys.exit(f"oneencoder data convert {options.source}: {error}")
     elif args.subcommand == "openmoji":
         logging.basicConfig(level=logging.INFO, format="%(message)s")  # what was kept, skipped, written
         options = args.openmoji

@@ -53,3 +53,18 @@ def expect(path: Path, what: str) -> Path:
     if not path.exists():
         raise ConversionError(f"expected {what} at {path}, found nothing: is the root the dataset's top folder?")
     return path
+
+
+def load_json(path: Path, what: str) -> Any:
+    """A dataset's JSON index, or a ConversionError naming it."""
+    try:
+        return json.loads(expect(path, what).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise ConversionError(f"{path} is not valid JSON ({error.msg} at line {error.lineno})") from None
+
+
+def require(entry: Any, key: str, path: Path) -> Any:
+    """`entry[key]`, or a ConversionError naming the file and the key."""
+    if not isinstance(entry, dict) or key not in entry:
+        raise ConversionError(f"{path}: an entry has no {key!r} key (is this the dataset's own file, unmodified?)")
+    return entry[key]
