@@ -146,7 +146,8 @@ def profile(spec: dict[str, Any]) -> dict[str, Any]:
     """Where one training step's time goes, on cached batches in memory: forward per module (hooks),
     loss, backward, optimizer; and the profiler's top operators."""
     import torch
-    from torch.profiler import ProfilerActivity, profile as torch_profile
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
 
     from oneencoder import ContrastiveLoss, OneEncoder
 

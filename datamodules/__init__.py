@@ -8,10 +8,10 @@ from oneencoder.readers import (
     build_reader,
 )
 
-from .manifest import BadRecordError, ManifestError, Record, read_manifest
+from .manifest import BadRecordError, ManifestError, Record, read_manifest, read_manifests
 from .pairs import ManifestDataModule
 
 __all__ = [
     "AudioReader", "BadRecordError", "ImageReader", "ManifestDataModule", "ManifestError", "MediaError", "Record",
-    "VideoReader", "build_reader", "read_manifest",
+    "VideoReader", "build_reader", "read_manifest", "read_manifests",
 ]

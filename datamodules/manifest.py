@@ -80,3 +80,17 @@ def read_manifest(path: str | Path) -> list[Record]:
             fields = {k: v for k, v in data.items() if k not in ("id", "split")}
             records.append(Record(path, number, data["id"], data["split"], fields))
     return records
+
+
+def read_manifests(paths: str | Path | list[str | Path]) -> list[Record]:
+    """One manifest, or several read as one set (COCO + Flickr30K + TextCaps, say): an id may appear
+    in only one of them, so a feature cache or a result never mixes two records up."""
+    records: list[Record] = []
+    seen: dict[str, Record] = {}
+    for path in paths if isinstance(paths, list) else [paths]:
+        for record in read_manifest(path):
+            if record.id in seen:
+                raise ManifestError(f"{record.where()}: id {record.id!r} is also in {seen[record.id].where()}")
+            seen[record.id] = record
+            records.append(record)
+    return records

@@ -21,7 +21,7 @@ from oneencoder.readers import (
 )
 
 from .feature_cache import FeatureCache, build_cache, pad_features, sources, text_key
-from .manifest import BadRecordError, Record, read_manifest
+from .manifest import BadRecordError, Record, read_manifests
 from .sampling import EpochSampler, loader_generator
 
 log = logging.getLogger(__name__)
@@ -121,7 +121,8 @@ class PairCollator:
 
 
 class ManifestDataModule(LightningDataModule):
-    """Pairs of two modalities from a JSON Lines manifest, split by its `split` field.
+    """Pairs of two modalities from a JSON Lines manifest (or several, read as one), split by their
+    `split` field.
 
     Bad records (a missing file, an empty caption) raise BadRecordError naming the manifest line and
     the file; with `skip_bad_records` they are skipped, counted and logged instead. Files that exist
@@ -143,7 +144,7 @@ class ManifestDataModule(LightningDataModule):
 
     def __init__(
         self,
-        manifest: str,
+        manifest: str | list[str],
         modalities: tuple[str, str] = ("image", "text"),
         batch_size: int = 64,
         eval_batch_size: int | None = None,
@@ -222,7 +223,7 @@ class ManifestDataModule(LightningDataModule):
 
     def _usable_records(self) -> tuple[list[Record], int]:
         """The manifest's records that have every modality and pass the cheap checks, and how many did not."""
-        records = read_manifest(self.manifest)
+        records = read_manifests(self.manifest)
         paired = [r for r in records if all(m in r.fields for m in self.modalities)]
         skipped = 0
         usable = []

@@ -135,12 +135,12 @@ class Evaluation:
                 f" template{'s' if first.templates > 1 else ''} averaged)", "",
                 "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns), *rows]
 
-    def write(self, folder: str | os.PathLike[str], extra: dict[str, Any] | None = None) -> None:
-        """results.json (plus `extra` keys) and results.md in `folder`."""
+    def write(self, folder: str | os.PathLike[str], extra: dict[str, Any] | None = None, stem: str = "results") -> None:
+        """<stem>.json (plus `extra` keys) and <stem>.md in `folder`."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / "results.md").write_text(self.markdown())
-        (folder / "results.json").write_text(json.dumps({**self.to_dict(), **(extra or {})}, indent=2))
+        (folder / f"{stem}.md").write_text(self.markdown())
+        (folder / f"{stem}.json").write_text(json.dumps({**self.to_dict(), **(extra or {})}, indent=2))
 
 
 def _fmt(key: str, value: float) -> str:

@@ -48,12 +48,15 @@ class StageSpec:
 
 @dataclass
 class EvaluationSpec:
-    """The final evaluation: retrieval between every pair of the final model's modalities, and
-    zero-shot classification of labelled records (`templates`: prompts with `{}` where the class
-    name goes; `classes`: default the split's labels)."""
+    """An evaluation of the final model on one manifest split: retrieval between every pair of its
+    `modalities` (default: all the model's), and zero-shot classification of labelled records
+    (`templates`: prompts with `{}` where the class name goes; `classes`: default the split's labels).
+    Its results go to `results-<name>.json` / `.md`, or `results.json` / `.md` when it has no name."""
 
     manifest: str
+    name: str | None = None
     split: str = "test"
+    modalities: list[str] | None = None
     ks: list[int] = field(default_factory=lambda: [1, 5, 10])
     batch_size: int = 64
     num_workers: int = 0
@@ -66,7 +69,7 @@ class EvaluationSpec:
 class PipelineSpec:
     output: str
     stages: list[StageSpec]
-    evaluation: EvaluationSpec | None = None
+    evaluation: list[EvaluationSpec] = field(default_factory=list)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> PipelineSpec:
@@ -76,8 +79,13 @@ class PipelineSpec:
         data = yaml.safe_load(path.read_text()) or {}
         spec = _build(cls, data, str(path))
         spec.stages = [_build(StageSpec, s, f"{path}: stages[{i}]") for i, s in enumerate(data.get("stages") or [])]
-        if data.get("evaluation") is not None:
-            spec.evaluation = _build(EvaluationSpec, data["evaluation"], f"{path}: evaluation")
+        evaluations = data.get("evaluation") or []
+        if isinstance(evaluations, dict):  # one evaluation may be written without the list
+            evaluations = [evaluations]
+        spec.evaluation = [_build(EvaluationSpec, e, f"{path}: evaluation[{i}]") for i, e in enumerate(evaluations)]
+        names = [e.name for e in spec.evaluation]
+        if len(names) > 1 and (None in names or len(set(names)) != len(names)):
+            raise PipelineError(f"{path}: several evaluations need a unique `name` each (got {names})")
         if not spec.stages:
             raise PipelineError(f"{path}: `stages` is empty; list at least one {{name, config}}")
         names = [s.name for s in spec.stages]
@@ -146,9 +154,10 @@ def _import(class_path: str, spec: StageSpec) -> type:
 
 def stage_hash(config: dict[str, Any], previous_hash: str | None) -> str:
     """Config + manifest content + the previous stage: what decides whether a stage must run again."""
-    manifest = ((config.get("data") or {}).get("init_args") or {}).get("manifest")
-    manifest_digest = _file_digest(Path(manifest)) if manifest and Path(manifest).is_file() else None
-    payload = json.dumps({"config": config, "manifest": manifest_digest, "previous": previous_hash}, sort_keys=True)
+    manifest = ((config.get("data") or {}).get("init_args") or {}).get("manifest") or []
+    manifests = [manifest] if isinstance(manifest, str) else manifest
+    digests = [_file_digest(Path(m)) if Path(m).is_file() else None for m in manifests]
+    payload = json.dumps({"config": config, "manifest": digests, "previous": previous_hash}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
@@ -254,29 +263,32 @@ def run_pipeline(path: str | os.PathLike[str]) -> Path:
     for run in runs:
         run.run()
     final = runs[-1]
-    if spec.evaluation is not None:
-        _evaluate(spec, final, {p for r in runs if (p := trained_pair(r.config))})
+    trained = {p for r in runs if (p := trained_pair(r.config))}
+    for evaluation in spec.evaluation:
+        _evaluate(evaluation, Path(spec.output), final, trained)
     return final.folder
 
 
-def _evaluate(spec: PipelineSpec, final: StageRun, trained: set[frozenset[str]]) -> None:
+def _evaluate(spec: EvaluationSpec, output: Path, final: StageRun, trained: set[frozenset[str]]) -> None:
     from .evaluate import evaluate_folder
 
-    settings = dataclasses.asdict(spec.evaluation)
-    output = Path(spec.output)
+    settings = dataclasses.asdict(spec)
+    name = settings.pop("name")
+    label = f"evaluation {name}" if name else "evaluation"
     key = hashlib.sha256(json.dumps({"model": final.hash, "evaluation": settings,
-                                     "manifest": _file_digest(Path(settings["manifest"]))}, sort_keys=True).encode()).hexdigest()
-    results_path = output / "results.json"
+                                     "manifest": _file_digest(Path(spec.manifest))}, sort_keys=True).encode()).hexdigest()
+    stem = f"results-{name}" if name else "results"
+    results_path = output / f"{stem}.json"
     if results_path.is_file() and json.loads(results_path.read_text()).get("hash") == key:
-        print(f"[pipeline] evaluation: done earlier for this model and manifest ({results_path})")
+        print(f"[pipeline] {label}: done earlier for this model and manifest ({results_path})")
     else:
-        print(f"[pipeline] evaluating {final.folder} on {settings['manifest']} ({settings['split']})")
+        print(f"[pipeline] {label}: {final.folder} on {spec.manifest} ({spec.split})")
         started = time.monotonic()
         evaluation = evaluate_folder(final.folder, **settings)
         evaluation.trained = trained
-        evaluation.write(output, extra={"hash": key})
-        print(f"[pipeline] evaluation: done in {_duration(time.monotonic() - started)}")
-    print((output / "results.md").read_text())
+        evaluation.write(output, extra={"hash": key}, stem=stem)
+        print(f"[pipeline] {label}: done in {_duration(time.monotonic() - started)}")
+    print((output / f"{stem}.md").read_text())
 
 
 def _duration(seconds: float) -> str:

@@ -89,10 +89,10 @@ def test_a_missing_key_or_bad_json_names_the_file(tmp_path):
     data = json.loads(index.read_text())
     del data["annotations"][0]["caption"]
     index.write_text(json.dumps(data))
-    with pytest.raises(ConversionError, match=r"captions_val2014\.json: an entry has no 'caption' key"):
+    with pytest.raises(ConversionError, match=r"captions_val2014\.json: missing key 'caption'"):
         converter("coco")(root, tmp_path / "out.jsonl")
     index.write_text("{not json")
-    with pytest.raises(ConversionError, match=r"captions_val2014\.json is not valid JSON"):
+    with pytest.raises(ConversionError, match=r"captions_val2014\.json: not valid JSON"):
         converter("coco")(root, tmp_path / "out.jsonl")
     assert not (tmp_path / "out.jsonl").exists()
 

@@ -40,3 +40,14 @@ def test_manifest_is_written_with_relative_paths_and_counted_per_split(tmp_path)
 def test_a_missing_file_is_named_with_what_it_should_be(tmp_path):
     with pytest.raises(ConversionError, match="expected the captions file at .*captions.json"):
         expect(tmp_path / "captions.json", "the captions file")
+
+
+def test_a_converter_failing_part_way_leaves_no_manifest_and_no_temporary_file(tmp_path):
+    def records():
+        yield {"id": "a", "split": "train", "text": "a cat"}
+        raise ConversionError("line 2 is malformed")
+
+    out = tmp_path / "set.jsonl"
+    with pytest.raises(ConversionError):
+        write_manifest(out, records(), Conversion(out))
+    assert list(tmp_path.iterdir()) == []

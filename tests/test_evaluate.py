@@ -8,7 +8,15 @@ import pytest
 import torch
 from torch.nn.functional import normalize
 
-from stages.evaluate import Embedded, Evaluation, chance_levels, class_embeddings, evaluate, pair_result, zero_shot_result
+from stages.evaluate import (
+    Embedded,
+    Evaluation,
+    chance_levels,
+    class_embeddings,
+    evaluate,
+    pair_result,
+    zero_shot_result,
+)
 
 
 def test_chance_with_one_relevant_item_is_k_over_n_and_the_middle_rank():

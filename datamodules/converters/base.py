@@ -35,10 +35,14 @@ def write_manifest(out: Path, records: Iterable[dict[str, Any]], conversion: Con
     per split into `conversion`."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    with tmp.open("w", encoding="utf-8") as lines:
-        for record in records:
-            conversion.written[record["split"]] += 1
-            lines.write(json.dumps(record, ensure_ascii=False) + "\n")
+    try:
+        with tmp.open("w", encoding="utf-8") as lines:
+            for record in records:  # converters may yield lazily and fail part-way: leave nothing behind
+                conversion.written[record["split"]] += 1
+                lines.write(json.dumps(record, ensure_ascii=False) + "\n")
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     os.replace(tmp, out)
     return conversion
 
@@ -60,11 +64,25 @@ def load_json(path: Path, what: str) -> Any:
     try:
         return json.loads(expect(path, what).read_text(encoding="utf-8"))
     except json.JSONDecodeError as error:
-        raise ConversionError(f"{path} is not valid JSON ({error.msg} at line {error.lineno})") from None
+        raise ConversionError(f"{path}: not valid JSON ({error.msg} at line {error.lineno})") from None
 
 
 def require(entry: Any, key: str, path: Path) -> Any:
     """`entry[key]`, or a ConversionError naming the file and the key."""
     if not isinstance(entry, dict) or key not in entry:
-        raise ConversionError(f"{path}: an entry has no {key!r} key (is this the dataset's own file, unmodified?)")
+        raise ConversionError(f"{path}: missing key {key!r} (is this the dataset's own file, unmodified?)")
     return entry[key]
+
+
+def captioned_image(
+    record_id: str, split: str, image: Path, captions: list[str], out: Path, conversion: Conversion
+) -> dict[str, Any] | None:
+    """A record, or None (counted as a skip) when the image is missing or no caption is left."""
+    captions = [c.strip() for c in captions if isinstance(c, str) and c.strip()]
+    if not image.is_file():
+        conversion.skipped["image file missing"] += 1
+        return None
+    if not captions:
+        conversion.skipped["no caption"] += 1
+        return None
+    return {"id": record_id, "split": split, "image": relative(image, out), "text": captions}

@@ -17,24 +17,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .base import Conversion, ConversionError, expect, load_json, relative, require, write_manifest
+from .base import Conversion, ConversionError, captioned_image, expect, load_json, require, write_manifest
 
 YEARS = ("2017", "2014")
 KARPATHY_SPLITS = {"train": "train", "restval": "train", "val": "val", "test": "test"}
-
-
-def captioned_image(
-    record_id: str, split: str, image: Path, captions: list[str], out: Path, conversion: Conversion
-) -> dict[str, Any] | None:
-    """A record, or None (counted as a skip) when the image is missing or no caption is left."""
-    captions = [c.strip() for c in captions if isinstance(c, str) and c.strip()]
-    if not image.is_file():
-        conversion.skipped["image file missing"] += 1
-        return None
-    if not captions:
-        conversion.skipped["no caption"] += 1
-        return None
-    return {"id": record_id, "split": split, "image": relative(image, out), "text": captions}
 
 
 def karpathy_records(index: Path, images: Path, out: Path, source: str, conversion: Conversion) -> list[dict[str, Any]]:
