@@ -187,12 +187,14 @@ def chance_levels(relevant_counts: Sequence[int], gallery_size: int, ks: Sequenc
     """What a random ranking scores: R@K averaged over queries, MedR the median of each query's median.
 
     A query with r relevant items among N is hit in the top K with probability 1 - C(N-r, K) / C(N, K);
-    its first relevant item's rank is at most k with probability 1 - C(N-k, r) / C(N, r).
+    its first relevant item's rank is at most k with probability 1 - C(N-k, r) / C(N, r). A K beyond
+    the gallery is the whole gallery: always a hit.
     """
     counts = Counter(relevant_counts)
     total = len(relevant_counts)
     chance = {
-        f"R@{k}": sum(n * (1 - math.comb(gallery_size - r, k) / math.comb(gallery_size, k)) for r, n in counts.items()) / total
+        f"R@{k}": sum(n * (1 - math.comb(gallery_size - r, min(k, gallery_size)) / math.comb(gallery_size, min(k, gallery_size)))
+                      for r, n in counts.items()) / total
         for k in ks
     }
     medians = []

@@ -33,6 +33,10 @@ def test_chance_with_several_relevant_items_matches_counting():
     assert chance_levels([3], 9, (1,))["MedR"] == 2
 
 
+def test_chance_for_k_beyond_the_gallery_is_a_certain_hit():
+    assert chance_levels([1, 1, 1, 1], gallery_size=4, ks=(1, 10))["R@10"] == 1.0
+
+
 def test_planted_identical_pairs_score_r1_of_one_in_both_directions():
     embeddings = torch.nn.functional.normalize(torch.randn(20, 8), dim=-1)
     images = Embedded(embeddings, torch.arange(20))
