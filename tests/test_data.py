@@ -3,7 +3,7 @@ import json
 import pytest
 from conftest import tiny_model_config
 
-from datamodules import BadRecordError, ManifestDataModule, ManifestError, read_manifest
+from datamodules import BadRecordError, ManifestDataModule, ManifestError, read_manifest, read_manifests
 from datamodules.shapes import write_shapes_dataset
 from oneencoder import OneEncoder
 
@@ -89,3 +89,19 @@ def test_splits_follow_the_manifest(small_set, encoders):
     manifest, _ = small_set
     data = _data(manifest, encoders)
     assert {k: len(v) for k, v in data.splits.items()} == {"train": 96, "val": 96, "test": 96}
+
+
+def test_several_manifests_are_one_set_with_paths_from_each_ones_folder(tmp_path, encoders):
+    first = write_shapes_dataset(tmp_path / "a", train_per_combo=1)
+    second = tmp_path / "b" / "manifest.jsonl"
+    second.parent.mkdir()
+    records = [json.loads(line) for line in first.read_text().splitlines()]
+    moved = [{**r, "id": f"b/{r['id']}", "image": f"../a/{r['image']}"} for r in records[:5]]
+    _rewrite(second, moved)
+    data = ManifestDataModule([str(first), str(second)], batch_size=16, num_workers=0, encoders=encoders)
+    data.setup("fit")
+    assert sum(len(v) for v in data.splits.values()) == len(records) + 5
+    assert data.splits["train"][-1].path("image").resolve().is_file()
+    _rewrite(second, records[:1])
+    with pytest.raises(ManifestError, match=r"id '.*' is also in .*a/manifest.jsonl:1"):
+        read_manifests([first, second])

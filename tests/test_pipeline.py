@@ -53,6 +53,11 @@ def test_hash_follows_config_manifest_and_previous_stage(tmp_path):
     manifest.write_text('{"id": "b", "split": "train"}\n')
     changed = [r.hash for r in plan(PipelineSpec.load(_pipeline(tmp_path, stages)))]
     assert changed[0] != first[0] and changed[1] != first[1]  # a changed stage reruns the ones after it
+    up["data"]["init_args"]["manifest"] = [str(manifest), str(manifest)]  # several manifests: each one counts
+    (tmp_path / "up.yaml").write_text(yaml.safe_dump(up))
+    listed = plan(PipelineSpec.load(_pipeline(tmp_path, stages)))[0].hash
+    manifest.write_text('{"id": "c", "split": "train"}\n')
+    assert plan(PipelineSpec.load(_pipeline(tmp_path, stages)))[0].hash != listed
 
 
 def test_pipeline_config_errors_are_named(tmp_path):
@@ -69,6 +74,17 @@ def test_pipeline_config_errors_are_named(tmp_path):
     (tmp_path / "up.yaml").write_text(yaml.safe_dump(config))
     with pytest.raises(PipelineError, match=r"needs a ModelCheckpoint callback with `save_last: true`"):
         resolve_stage_config(StageSpec("up", str(tmp_path / "up.yaml")), tmp_path / "out", None)
+    up = [{"name": "up", "config": str(ROOT / "configs/up.yaml")}]
+    with pytest.raises(PipelineError, match=r"several evaluations need a unique `name` each \(got \['a', 'a'\]\)"):
+        PipelineSpec.load(_pipeline(tmp_path, up, evaluation=[{"name": "a", "manifest": "m"}] * 2))
+    with pytest.raises(PipelineError, match=r"evaluation\[1\]: unknown keys \['split_name'\]"):
+        PipelineSpec.load(_pipeline(tmp_path, up, evaluation=[{"name": "a", "manifest": "m"}, {"split_name": "x"}]))
+
+
+def test_one_evaluation_may_be_written_without_a_list(tmp_path):
+    up = [{"name": "up", "config": str(ROOT / "configs/up.yaml")}]
+    spec = PipelineSpec.load(_pipeline(tmp_path, up, evaluation={"manifest": "m", "split": "val"}))
+    assert [(e.name, e.manifest, e.split) for e in spec.evaluation] == [(None, "m", "val")]
 
 
 # --- the whole chain, in subprocesses as a user runs it ------------------------------------------------
