@@ -8,10 +8,11 @@ OPENMOJI := data/openmoji/manifest.jsonl
 SYSTEM_TOOLS := rsvg-convert espeak-ng  # Debian: librsvg2-bin espeak-ng (the demo data's rasteriser and voice)
 
 .DEFAULT_GOAL := help
-.PHONY: help install system-tools up align-audio align-video pipeline demo test test-slow test-full bench clean
+.PHONY: help install system-tools up align-audio align-video pipeline demo paper-image-text paper-audio-text \
+	paper-video-text paper test test-slow test-full bench clean
 
 help:  ## list targets
-	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  %-12s %s\n", $$1, $$2}'
+	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  %-17s %s\n", $$1, $$2}'
 
 $(VENV)/.installed: pyproject.toml constraints/ci.txt
 	python3 -m venv $(VENV)
@@ -58,6 +59,37 @@ $(OPENMOJI): | $(VENV)/.installed
 
 demo: install $(OPENMOJI)  ## the main job: real bundled encoders on OpenMoji, up -> audio -> video, evaluate
 	$(CLI) pipeline configs/pipeline/demo.yaml
+
+# OneEncoder's own experiments on the public datasets, for a GPU machine (docs/reproduce.md): each raw
+# dataset, in its own layout under $(DATASETS), is converted once into a manifest under data/paper/.
+DATASETS ?= datasets
+PAPER := data/paper
+
+$(PAPER)/coco.jsonl: | $(VENV)/.installed
+	$(CLI) data convert coco-karpathy $(DATASETS)/coco $@
+$(PAPER)/flickr30k.jsonl: | $(VENV)/.installed
+	$(CLI) data convert flickr30k $(DATASETS)/flickr30k $@
+$(PAPER)/textcaps.jsonl: | $(VENV)/.installed
+	$(CLI) data convert textcaps $(DATASETS)/textcaps $@
+$(PAPER)/cifar10.jsonl: | $(VENV)/.installed
+	$(CLI) data convert cifar10 $(DATASETS)/cifar-10-batches-bin $@
+$(PAPER)/librispeech.jsonl: | $(VENV)/.installed
+	$(CLI) data convert librispeech $(DATASETS)/LibriSpeech $@
+$(PAPER)/esc50.jsonl: | $(VENV)/.installed
+	$(CLI) data convert esc50 $(DATASETS)/ESC-50-master $@
+$(PAPER)/msrvtt.jsonl: | $(VENV)/.installed
+	$(CLI) data convert msrvtt $(DATASETS)/msrvtt $@
+
+paper-image-text: $(VENV)/.installed $(PAPER)/coco.jsonl $(PAPER)/flickr30k.jsonl $(PAPER)/cifar10.jsonl  ## GPU: UP on COCO; zero-shot CIFAR-10, COCO/Flickr retrieval
+	$(CLI) pipeline configs/paper/image_text.yaml
+
+paper-audio-text: $(VENV)/.installed $(PAPER)/coco.jsonl $(PAPER)/librispeech.jsonl $(PAPER)/esc50.jsonl  ## GPU: + speech aligned to text on LibriSpeech
+	$(CLI) pipeline configs/paper/audio_text.yaml
+
+paper-video-text: $(VENV)/.installed $(PAPER)/coco.jsonl $(PAPER)/msrvtt.jsonl  ## GPU: + video aligned to text on MSR-VTT (1k-A)
+	$(CLI) pipeline configs/paper/video_text.yaml
+
+paper: paper-image-text paper-audio-text paper-video-text  ## GPU: all three experiments (stage 1 trains once)
 
 test: install  ## fast test suite (under 5 minutes on 2 cores)
 	$(PY) -m pytest -q
