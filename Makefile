@@ -80,13 +80,15 @@ $(PAPER)/esc50.jsonl: | $(VENV)/.installed
 $(PAPER)/msrvtt.jsonl: | $(VENV)/.installed
 	$(CLI) data convert msrvtt $(DATASETS)/msrvtt $@
 
-paper-image-text: $(VENV)/.installed $(PAPER)/coco.jsonl $(PAPER)/flickr30k.jsonl $(PAPER)/cifar10.jsonl  ## GPU: UP on COCO; zero-shot CIFAR-10, COCO/Flickr retrieval
+IMAGE_TEXT := $(PAPER)/coco.jsonl $(PAPER)/flickr30k.jsonl $(PAPER)/textcaps.jsonl
+
+paper-image-text: $(VENV)/.installed $(IMAGE_TEXT) $(PAPER)/cifar10.jsonl  ## GPU: UP on COCO+Flickr30K+TextCaps; zero-shot CIFAR-10, retrieval
 	$(CLI) pipeline configs/paper/image_text.yaml
 
-paper-audio-text: $(VENV)/.installed $(PAPER)/coco.jsonl $(PAPER)/librispeech.jsonl $(PAPER)/esc50.jsonl  ## GPU: + speech aligned to text on LibriSpeech
+paper-audio-text: $(VENV)/.installed $(IMAGE_TEXT) $(PAPER)/librispeech.jsonl $(PAPER)/esc50.jsonl  ## GPU: + speech aligned to text on LibriSpeech
 	$(CLI) pipeline configs/paper/audio_text.yaml
 
-paper-video-text: $(VENV)/.installed $(PAPER)/coco.jsonl $(PAPER)/msrvtt.jsonl  ## GPU: + video aligned to text on MSR-VTT (1k-A)
+paper-video-text: $(VENV)/.installed $(IMAGE_TEXT) $(PAPER)/msrvtt.jsonl  ## GPU: + video aligned to text on MSR-VTT (1k-A)
 	$(CLI) pipeline configs/paper/video_text.yaml
 
 paper: paper-image-text paper-audio-text paper-video-text  ## GPU: all three experiments (stage 1 trains once)

@@ -49,6 +49,20 @@ def _karpathy(records: list, root: Path, folder: str, name: str) -> None:
     (root / f"dataset_{name}.json").write_text(json.dumps({"images": entries, "dataset": name}))
 
 
+def _textcaps(records: list, root: Path) -> None:
+    (root / "train_images").mkdir(parents=True)
+    for split in ("train", "val"):
+        data = []
+        for n, record in enumerate(r for r in records if r.split == split):
+            image_id = f"{split}{n:04d}"
+            Image.open(record.path("image")).convert("RGB").save(root / "train_images" / f"{image_id}.jpg")
+            data += [{"image_id": image_id, "image_name": image_id, "image_path": f"train/{image_id}.jpg",
+                      "set_name": split, "caption_id": i, "caption_str": caption, "reference_strs": record.captions()}
+                     for i, caption in enumerate(record.captions())]
+        (root / f"TextCaps_0.1_{split}.json").write_text(
+            json.dumps({"dataset_type": split, "dataset_name": "textcaps", "data": data}))
+
+
 def _cifar10(records: list, root: Path) -> None:
     folder = root / "cifar-10-batches-bin"
     folder.mkdir(parents=True)
@@ -110,11 +124,13 @@ def paper_workdir(shapes_manifest: Path, tmp_path_factory: pytest.TempPathFactor
     records = _planted(shapes_manifest)
     _karpathy(records, raw / "coco", "val2014", "coco")
     _karpathy(records, raw / "flickr30k", "flickr30k-images", "flickr30k")
+    _textcaps(records, raw / "textcaps")
     _cifar10(records, raw)
     _librispeech(records, raw / "LibriSpeech")
     _msrvtt(records, raw / "msrvtt")
     _esc50(records, raw / "ESC-50-master")
-    sources = {"coco": ("coco-karpathy", "coco"), "flickr30k": ("flickr30k", "flickr30k"), "cifar10": ("cifar10", "."),
+    sources = {"coco": ("coco-karpathy", "coco"), "flickr30k": ("flickr30k", "flickr30k"), "textcaps": ("textcaps", "textcaps"),
+               "cifar10": ("cifar10", "."),
                "librispeech": ("librispeech", "LibriSpeech"), "msrvtt": ("msrvtt", "msrvtt"),
                "esc50": ("esc50", "ESC-50-master")}
     for name, (source, folder) in sources.items():
@@ -156,7 +172,7 @@ def test_converted_fixtures_hold_the_splits_each_evaluation_reads(paper_workdir)
     manifests = {p.stem: read_manifest(p) for p in (paper_workdir / "data/paper").glob("*.jsonl")}
     test = {name: [r for r in records if r.split == "test"] for name, records in manifests.items()}
     assert {name: len(records) for name, records in test.items()} == {
-        "coco": 4, "flickr30k": 4, "librispeech": 4, "msrvtt": 4, "cifar10": 16, "esc50": 16}
+        "coco": 4, "flickr30k": 4, "textcaps": 0, "librispeech": 4, "msrvtt": 4, "cifar10": 16, "esc50": 16}
     assert all(len(r.fields["text"]) == 1 for r in test["msrvtt"])  # 1k-A: one query caption per video
     assert {r.split for r in manifests["cifar10"]} == {"train", "test"}
     assert {r.fields["label"] for r in manifests["cifar10"]} == set(CIFAR10_CLASSES)

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
+from tqdm.auto import tqdm
 
 from .base import Conversion, ConversionError, expect, relative, write_manifest
 
@@ -73,7 +74,7 @@ def _split_records(
     images = out.parent / "cifar10" / split
     images.mkdir(parents=True, exist_ok=True)
     records = []
-    for labels, pixels in batches:
+    for labels, pixels in tqdm(batches, desc=f"CIFAR-10 {split} images", unit="batch file"):
         for label, array in zip(labels, pixels):
             index = len(records)
             path = images / f"{index:05d}.png"

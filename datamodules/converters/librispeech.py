@@ -20,6 +20,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from tqdm.auto import tqdm
+
 from .base import Conversion, ConversionError, expect, relative, write_manifest
 
 SUBSETS: dict[str, str] = {  # subset folder -> split, in the order records are written
@@ -49,7 +51,7 @@ def convert(root: Path, out: Path) -> Conversion:
 
 def _subset(folder: Path, out: Path, conversion: Conversion) -> Iterator[dict[str, Any]]:
     """The records of one subset folder, chapter by chapter in sorted order."""
-    for speaker in _folders(folder):
+    for speaker in tqdm(_folders(folder), desc=f"LibriSpeech {folder.name}", unit="speaker"):
         for chapter in _folders(speaker):
             yield from _chapter(chapter, folder.name, speaker.name, out, conversion)
 
