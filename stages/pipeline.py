@@ -7,7 +7,8 @@ checkpoints and the exported model. The hash covers the resolved config, the man
 the previous stage's hash, so a finished stage with the same hash is skipped, an interrupted one
 resumes from `checkpoints/last.ckpt`, and a stage whose config or inputs changed is run again (its old
 folder is kept beside it as `<name>.stale-<hash>`). Each stage runs in its own process, so a
-multi-GPU stage launches DDP exactly as `oneencoder fit` does.
+multi-GPU stage launches DDP exactly as `oneencoder fit` does; a stage with a feature cache has it
+built (or checked) first by `oneencoder cache`, in one process.
 """
 
 from __future__ import annotations
@@ -207,6 +208,8 @@ class StageRun:
         config_path = self.folder / "config.yaml"
         config_path.write_text(yaml.safe_dump(self.config, sort_keys=False))
         self.write_state("running")
+        if ((self.config.get("data") or {}).get("init_args") or {}).get("feature_cache"):
+            self._build_feature_cache(config_path)
         command = [sys.executable, "-m", "stages.cli", "fit", "--config", str(config_path)]
         last = self.folder / CHECKPOINTS / "last.ckpt"
         if last.is_file():
@@ -228,6 +231,18 @@ class StageRun:
             )
         self.write_state("done")
         print(f"[pipeline] {self.spec.name}: done in {_duration(time.monotonic() - started)}")
+
+    def _build_feature_cache(self, config_path: Path) -> None:
+        """Encode the stage's data in one process before `fit`: under DDP the other ranks would wait
+        for rank 0's build at a barrier that times out after 30 minutes, which a large set outlasts.
+        A complete cache is checked and left as it is; an interrupted build resumes."""
+        print(f"[pipeline] {self.spec.name}: feature cache")
+        command = [sys.executable, "-m", "stages.cli", "cache", "--config", str(config_path)]
+        if subprocess.call(command) != 0:
+            raise PipelineError(
+                f"stage {self.spec.name!r}: building its feature cache failed (see above); fix the cause and"
+                " run the same command again: the build resumes at its first unfinished shard"
+            )
 
     def _set_aside(self, state: dict[str, Any] | None) -> None:
         old = (state or {}).get("hash", "unknown")[:8]
