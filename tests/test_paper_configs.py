@@ -129,17 +129,20 @@ def paper_workdir(shapes_manifest: Path, tmp_path_factory: pytest.TempPathFactor
     _librispeech(records, raw / "LibriSpeech")
     _msrvtt(records, raw / "msrvtt")
     _esc50(records, raw / "ESC-50-master")
-    sources = {"coco": ("coco-karpathy", "coco"), "flickr30k": ("flickr30k", "flickr30k"), "textcaps": ("textcaps", "textcaps"),
-               "cifar10": ("cifar10", "."),
-               "librispeech": ("librispeech", "LibriSpeech"), "msrvtt": ("msrvtt", "msrvtt"),
-               "esc50": ("esc50", "ESC-50-master")}
-    for name, (source, folder) in sources.items():
-        conversion = converter(source)(raw / folder, work / "data/paper" / f"{name}.jsonl")
-        assert not conversion.skipped, (name, conversion.skipped)
+    for source, root, out in _make_conversions(raw):  # the very commands `make paper` runs
+        conversion = converter(source)(Path(root), work / out)
+        assert not conversion.skipped, (source, conversion.skipped)
     shutil.copytree(ROOT / "configs/paper", work / "configs/paper")
     for stage in (work / "configs/paper/stages").glob("*.yaml"):
         stage.write_text(yaml.safe_dump(_on_cpu_with_tiny_encoders(yaml.safe_load(stage.read_text()))))
     return work
+
+
+def _make_conversions(datasets: Path) -> list[list[str]]:
+    """(source, root, manifest) of each `oneencoder data convert` that `make paper` would run."""
+    dry_run = subprocess.run(["make", "-n", "-B", "paper", f"DATASETS={datasets}"], cwd=ROOT, capture_output=True,
+                             text=True, check=True).stdout
+    return [line.split(" data convert ")[1].split() for line in dry_run.splitlines() if " data convert " in line]
 
 
 def _on_cpu_with_tiny_encoders(config: dict) -> dict:
@@ -166,6 +169,17 @@ def _pipeline(config: str, cwd: Path) -> str:
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     return result.stdout
+
+
+def test_make_converts_every_manifest_the_paper_configs_read():
+    made = {out for _, _, out in _make_conversions(Path("datasets"))}
+    read = set()
+    for config in (ROOT / "configs/paper").rglob("*.yaml"):
+        data = yaml.safe_load(config.read_text())
+        read |= {e["manifest"] for e in data.get("evaluation", [])}
+        manifest = data.get("data", {}).get("init_args", {}).get("manifest", [])
+        read |= set([manifest] if isinstance(manifest, str) else manifest)
+    assert read <= made, read - made
 
 
 def test_converted_fixtures_hold_the_splits_each_evaluation_reads(paper_workdir):
