@@ -155,11 +155,15 @@ def _import(class_path: str, spec: StageSpec) -> type:
 
 def stage_hash(config: dict[str, Any], previous_hash: str | None) -> str:
     """Config + manifest content + the previous stage: what decides whether a stage must run again."""
-    manifest = ((config.get("data") or {}).get("init_args") or {}).get("manifest") or []
+    manifest = _data_args(config).get("manifest") or []
     manifests = [manifest] if isinstance(manifest, str) else manifest
     digests = [_file_digest(Path(m)) if Path(m).is_file() else None for m in manifests]
     payload = json.dumps({"config": config, "manifest": digests, "previous": previous_hash}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def _data_args(config: dict[str, Any]) -> dict[str, Any]:
+    return (config.get("data") or {}).get("init_args") or {}
 
 
 def _file_digest(path: Path) -> str:
@@ -208,7 +212,7 @@ class StageRun:
         config_path = self.folder / "config.yaml"
         config_path.write_text(yaml.safe_dump(self.config, sort_keys=False))
         self.write_state("running")
-        if ((self.config.get("data") or {}).get("init_args") or {}).get("feature_cache"):
+        if _data_args(self.config).get("feature_cache"):
             self._build_feature_cache(config_path)
         command = [sys.executable, "-m", "stages.cli", "fit", "--config", str(config_path)]
         last = self.folder / CHECKPOINTS / "last.ckpt"
