@@ -92,6 +92,9 @@ def cache_command(argv: Sequence[str]) -> None:
     if not words or words[0] in ("-h", "--help"):
         print(cache_command.__doc__)
         return
+    # The words come from `oneencoder cache ...` itself; LightningCLI's warning about args beside
+    # sys.argv assumes they were meant for it.
+    warnings.filterwarnings("ignore", message=r".*args parameter is intended to run from within Python.*")
     cli = OneEncoderCLI(subclass_mode_model=True, subclass_mode_data=True, run=False, args=words)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     cli.datamodule.build_feature_cache(device, overwrite=overwrite)

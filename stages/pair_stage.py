@@ -71,7 +71,8 @@ class PairStage(LightningModule):
         return embeddings, self.loss(a, b)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
-        self.log("data/skipped", float(batch["num_skipped"]), reduce_fx="sum", on_step=False, on_epoch=True)
+        self.log("data/skipped", float(batch["num_skipped"]), reduce_fx="sum", on_step=False, on_epoch=True,
+                 sync_dist=True)  # summed over every rank's batches, not rank 0's alone
         if not batch["inputs"]:
             return None
         _, terms = self._pair_loss(batch)
@@ -102,8 +103,8 @@ class PairStage(LightningModule):
     def _log_retrieval(self, split: str, metric: PairRetrieval) -> None:
         if not metric.update_called:
             return
-        for name, value in metric.compute().items():
-            self.log(f"{split}/{name}", value, prog_bar=name.endswith("R@1"))
+        for name, value in metric.compute().items():  # computed on every rank's gathered embeddings
+            self.log(f"{split}/{name}", value, prog_bar=name.endswith("R@1"), sync_dist=True)
         metric.reset()
 
     def configure_optimizers(self) -> Any:
