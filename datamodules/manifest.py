@@ -82,12 +82,17 @@ def read_manifest(path: str | Path) -> list[Record]:
     return records
 
 
+def manifest_paths(paths: str | Path | list[str | Path]) -> list[str | Path]:
+    """A `manifest` setting, one path or a list of them, as a list."""
+    return paths if isinstance(paths, list) else [paths]
+
+
 def read_manifests(paths: str | Path | list[str | Path]) -> list[Record]:
     """One manifest, or several read as one set (COCO + Flickr30K + TextCaps, say): an id may appear
     in only one of them, so a feature cache or a result never mixes two records up."""
     records: list[Record] = []
     seen: dict[str, Record] = {}
-    for path in paths if isinstance(paths, list) else [paths]:
+    for path in manifest_paths(paths):
         for record in read_manifest(path):
             if record.id in seen:
                 raise ManifestError(f"{record.where()}: id {record.id!r} is also in {seen[record.id].where()}")

@@ -29,6 +29,8 @@ from typing import Any
 
 import yaml
 
+from datamodules.manifest import manifest_paths
+
 log = logging.getLogger(__name__)
 
 STAGE_STATE = "stage.json"
@@ -155,9 +157,8 @@ def _import(class_path: str, spec: StageSpec) -> type:
 
 def stage_hash(config: dict[str, Any], previous_hash: str | None) -> str:
     """Config + manifest content + the previous stage: what decides whether a stage must run again."""
-    manifest = _data_args(config).get("manifest") or []
-    manifests = [manifest] if isinstance(manifest, str) else manifest
-    digests = [_file_digest(Path(m)) if Path(m).is_file() else None for m in manifests]
+    digests = [_file_digest(Path(m)) if Path(m).is_file() else None
+               for m in manifest_paths(_data_args(config).get("manifest") or [])]
     payload = json.dumps({"config": config, "manifest": digests, "previous": previous_hash}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()
 
