@@ -32,6 +32,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from oneencoder.encoders import FrozenEncoder
+from oneencoder.files import atomic_write_text, atomic_write_with
 from oneencoder.readers import MediaError, Reader, build_reader
 
 from .manifest import BadRecordError, Record
@@ -126,7 +127,7 @@ def build_cache(
                 for shard in folder.glob("shard-*.safetensors"):
                     shard.unlink()
     folder.mkdir(parents=True, exist_ok=True)
-    _atomic_write(folder / HEADER_NAME, json.dumps(header).encode())
+    atomic_write_text(folder / HEADER_NAME, json.dumps(header))
 
     chunks = [items[start : start + items_per_shard] for start in range(0, len(items), items_per_shard)]
     todo = [(index, chunk) for index, chunk in enumerate(chunks) if not _shard_path(folder, index).is_file()]
@@ -232,19 +233,9 @@ def _write_shard(
         progress.update(len(indices) + len(failed))
     features = torch.cat(rows) if rows else torch.empty(0, encoder.dim, dtype=dtype)
     lengths = torch.tensor([len(row) for row in rows], dtype=torch.int64)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    save_file(
-        {"features": features.contiguous(), "lengths": lengths},
-        str(tmp),
-        metadata={"keys": json.dumps(keys), "skipped": json.dumps(skipped)},
-    )
-    os.replace(tmp, path)
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    tensors = {"features": features.contiguous(), "lengths": lengths}
+    metadata = {"keys": json.dumps(keys), "skipped": json.dumps(skipped)}
+    atomic_write_with(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
 
 # --- reading ------------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from .config import EncoderConfig, HeadConfig, OneEncoderConfig
 from .encoders import EncoderOutput, FrozenEncoder, build_encoder
+from .files import atomic_write_text, atomic_write_with
 from .fusion import TokenFusion
 from .heads import ModalityToken, ProjectionHead
 from .projection import UniversalProjection, masked_mean, normalize
@@ -141,10 +142,9 @@ class OneEncoder(nn.Module):
             encoder_configs[modality] = self._saved_encoder_config(modality, encoder_config, folder)
         config = dataclasses.replace(self.config, encoders=encoder_configs)
         payload = {"format": FORMAT, "format_version": FORMAT_VERSION, "model": config.to_dict()}
-        _atomic_write_text(folder / CONFIG_NAME, json.dumps(payload, indent=2))
-        tmp = folder / f".{WEIGHTS_NAME}.tmp"
-        save_file({k: v.contiguous() for k, v in self.state_dict().items()}, str(tmp))
-        os.replace(tmp, folder / WEIGHTS_NAME)
+        weights = {k: v.contiguous() for k, v in self.state_dict().items()}
+        atomic_write_with(folder / WEIGHTS_NAME, lambda tmp: save_file(weights, tmp))
+        atomic_write_text(folder / CONFIG_NAME, json.dumps(payload, indent=2))
 
     def _saved_encoder_config(self, modality: str, config: EncoderConfig, folder: Path) -> EncoderConfig:
         if config.pretrained is not None:
@@ -200,9 +200,3 @@ def read_config(folder: Path) -> OneEncoderConfig:
             f" {FORMAT_VERSION}: upgrade oneencoder"
         )
     return OneEncoderConfig.from_dict(payload["model"])
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)

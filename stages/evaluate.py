@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from datamodules.manifest import Record, read_manifest
 from datamodules.pairs import PairCollator, PairDataset
 from oneencoder import OneEncoder
+from oneencoder.files import atomic_write_text
 from oneencoder.readers import build_reader
 from oneencoder.retrieval import first_relevant_ranks, recall_at_k
 
@@ -139,8 +140,8 @@ class Evaluation:
         """<stem>.json (plus `extra` keys) and <stem>.md in `folder`."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / f"{stem}.md").write_text(self.markdown())
-        (folder / f"{stem}.json").write_text(json.dumps({**self.to_dict(), **(extra or {})}, indent=2))
+        atomic_write_text(folder / f"{stem}.md", self.markdown())
+        atomic_write_text(folder / f"{stem}.json", json.dumps({**self.to_dict(), **(extra or {})}, indent=2))
 
 
 def _fmt(key: str, value: float) -> str:

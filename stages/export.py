@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any
 
 from lightning.pytorch import Callback, LightningModule, Trainer
+
+from oneencoder.files import atomic_write_text
 
 
 class ExportPretrained(Callback):
@@ -59,6 +60,4 @@ class ExportPretrained(Callback):
         metrics = {k: float(v) for k, v in sorted(trainer.callback_metrics.items()) if v.numel() == 1}
         payload = {"epoch": trainer.current_epoch, "global_step": trainer.global_step, "monitor": self.monitor,
                    "metrics": metrics}
-        tmp = folder / ".metrics.json.tmp"
-        tmp.write_text(json.dumps(payload, indent=2))
-        os.replace(tmp, folder / "metrics.json")
+        atomic_write_text(folder / "metrics.json", json.dumps(payload, indent=2))

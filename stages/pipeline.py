@@ -30,6 +30,7 @@ from typing import Any
 import yaml
 
 from datamodules.manifest import manifest_paths
+from oneencoder.files import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -197,9 +198,7 @@ class StageRun:
 
     def write_state(self, status: str) -> None:
         payload = {"name": self.spec.name, "hash": self.hash, "status": status, "source_config": self.spec.config}
-        tmp = self.folder / f".{STAGE_STATE}.tmp"
-        tmp.write_text(json.dumps(payload, indent=2))
-        os.replace(tmp, self.state_path)
+        atomic_write_text(self.state_path, json.dumps(payload, indent=2))
 
     def run(self) -> None:
         """Skip when done with this hash; otherwise fit, resuming from last.ckpt when there is one."""
