@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from oneencoder.encoders import FrozenEncoder
 from oneencoder.readers import (
+    DEFAULT_MAX_PIXELS,
     READABLE,
     MediaError,
     Reader,
@@ -132,7 +133,9 @@ class ManifestDataModule(LightningDataModule):
     Media are read to suit each encoder's preprocessor: sounds resampled to its rate, mono, at most
     its `max_seconds`; videos as its `num_frames` frames, decoded with `video_backend` ("decord", or
     "pyav" where decord has no wheel). Training reads a random window of each sound and video when
-    the sampler passes `(index, draw)` keys (see PairDataset), evaluation a fixed one.
+    the sampler passes `(index, draw)` keys (see PairDataset), evaluation a fixed one. Images of more
+    than `max_image_pixels` pixels (None: no limit) are bad records. `contained_paths` refuses
+    manifests whose media paths lead outside their folder (for manifests that are not trusted).
 
     With `feature_cache` (a folder), batches carry the encoders' token features read from that cache
     instead of raw inputs, and the encoders' weights are never loaded. The cache is built on first use
@@ -154,6 +157,8 @@ class ManifestDataModule(LightningDataModule):
         cache_dtype: str = "float32",
         encoders: Mapping[str, FrozenEncoder] | None = None,
         video_backend: str = "decord",
+        max_image_pixels: int | None = DEFAULT_MAX_PIXELS,
+        contained_paths: bool = False,
     ) -> None:
         super().__init__()
         unknown = [m for m in modalities if m != "text" and m not in READABLE]
@@ -171,6 +176,8 @@ class ManifestDataModule(LightningDataModule):
         self.cache_dtype = cache_dtype
         self.encoders = encoders
         self.video_backend = video_backend
+        self.max_image_pixels = max_image_pixels
+        self.contained_paths = contained_paths
         self.splits: dict[str, list[Record]] = {}
         self.caches: dict[str, FeatureCache] = {}
         self.num_skipped_at_setup = 0
@@ -223,7 +230,7 @@ class ManifestDataModule(LightningDataModule):
 
     def _usable_records(self) -> tuple[list[Record], int]:
         """The manifest's records that have every modality and pass the cheap checks, and how many did not."""
-        records = read_manifests(self.manifest)
+        records = read_manifests(self.manifest, self.contained_paths)
         paired = [r for r in records if all(m in r.fields for m in self.modalities)]
         skipped = 0
         usable = []
@@ -247,7 +254,9 @@ class ManifestDataModule(LightningDataModule):
             encoders = self._encoders()
             preprocessors = {m: encoder.preprocessor for m, encoder in encoders.items()}
             readers = {
-                m: build_reader(m, encoders[m].preprocessor, self.video_backend) for m in self.modalities if m != "text"
+                m: build_reader(m, encoders[m].preprocessor, self.video_backend, self.max_image_pixels)
+                for m in self.modalities
+                if m != "text"
             }
         records = self.splits[split]
         if not records:

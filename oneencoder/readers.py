@@ -6,6 +6,10 @@ A reader is a small frozen dataclass, so it pickles into dataloader workers, cal
 where it picks a random window. Every decoding failure is a MediaError naming the file; the data
 module turns it into a BadRecordError naming the manifest line, or a counted skip.
 
+Images larger than `max_pixels` (default 50 megapixels, 150 MB decoded) are refused from their header
+before decoding: a 69-byte PNG can claim 30000x30000 pixels. PIL's own bomb check then never fires
+below that limit; above PIL's hard limit (2 x `PIL.Image.MAX_IMAGE_PIXELS`, 179 MP) it is a MediaError.
+
 Audio decodes with soundfile (libsndfile: wav, flac, mp3, ogg, ...). Video decodes with decord by
 default; where decord has no wheel (it ships x86-64 Linux and Windows ones), `pip install av` and
 set the data module's `video_backend: pyav` to decode with PyAV (FFmpeg) instead.
@@ -15,6 +19,8 @@ from __future__ import annotations
 
 import importlib
 import random
+import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -32,22 +38,59 @@ Reader = Callable[[Path, random.Random | None], Any]
 READABLE = ("image", "audio", "video")
 VIDEO_BACKENDS = {"decord": "decord", "pyav": "av"}  # backend name -> module it imports
 PYAV_HINT = "`pip install av` and set the data module's `video_backend: pyav` to decode with PyAV instead"
+DEFAULT_MAX_PIXELS = 50_000_000  # 150 MB as RGB; a 12000x4000 panorama still fits
+# libsndfile's log line for a WAV `data` / AIFF `SSND` chunk whose size disagrees with the file.
+CHUNK_SIZE_MISMATCH = re.compile(r"^\s*(?:data|SSND)\s*:\s*(\d+) \(should be (\d+)\)", re.MULTILINE)
+# Writers that stream (ffmpeg to a pipe, some recorders) put a placeholder of about 2 or 4 GiB in the
+# chunk size; libsndfile then reads to the end of the file, which is right.
+STREAMED_SIZE = 0x7FFF0000
 
 
 class MediaError(ValueError):
     """A media file could not be decoded."""
 
 
+class ImageTooLargeError(MediaError):
+    """An image's header claims more pixels than the reader's limit (a decompression bomb, or a
+    photo too large to decode per item)."""
+
+
 @dataclass(frozen=True)
 class ImageReader:
-    """An image file -> an RGB PIL image."""
+    """An image file -> an RGB PIL image; one of more than `max_pixels` pixels (None: no limit but
+    PIL's) is an ImageTooLargeError, found from the header before anything is decoded."""
+
+    max_pixels: int | None = DEFAULT_MAX_PIXELS
+
+    def __post_init__(self) -> None:
+        if self.max_pixels is not None and self.max_pixels <= 0:
+            raise ValueError(f"max_pixels must be positive or None (got {self.max_pixels})")
 
     def __call__(self, path: Path, rng: random.Random | None = None) -> Image.Image:
         try:
-            with Image.open(path) as image:
-                return image.convert("RGB")
-        except (UnidentifiedImageError, OSError, SyntaxError) as error:
+            with warnings.catch_warnings():
+                # `max_pixels` is the policy; PIL's softer DecompressionBombWarning would only be noise.
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                with Image.open(path) as image:
+                    self._check_size(path, image.size)
+                    return image.convert("RGB")
+        except ImageTooLargeError:
+            raise
+        except Image.DecompressionBombError as error:
+            raise ImageTooLargeError(
+                f"image {path} is too large to decode: {error} Raise PIL.Image.MAX_IMAGE_PIXELS to read it"
+            ) from None
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
             raise MediaError(f"cannot decode image {path}: {error}") from None
+
+    def _check_size(self, path: Path, size: tuple[int, int]) -> None:
+        width, height = size
+        if self.max_pixels is not None and width * height > self.max_pixels:
+            raise ImageTooLargeError(
+                f"image {path} is {width}x{height} = {width * height / 1e6:.1f} megapixels, more than"
+                f" max_pixels = {self.max_pixels / 1e6:g} MP ({3 * width * height / 1e9:.1f} GB decoded):"
+                " downscale it, or raise the data module's `max_image_pixels`"
+            )
 
 
 @dataclass(frozen=True)
@@ -76,6 +119,20 @@ class AudioReader:
         return resampled[: _limit(self.max_seconds, self.sampling_rate)]
 
 
+def _check_not_cut(audio: soundfile.SoundFile, path: Path) -> None:
+    """A WAV or AIFF file cut short still opens: libsndfile shortens its length to what is there and
+    only says so in its log. Refuse it rather than train on part of a sound."""
+    match = CHUNK_SIZE_MISMATCH.search(audio.extra_info)
+    if match is None:
+        return
+    promised, present = int(match[1]), int(match[2])
+    if present < promised < STREAMED_SIZE:
+        raise MediaError(
+            f"audio {path} is truncated: its header promises {promised} bytes of samples, the file holds"
+            f" {present}: re-export or re-download it"
+        )
+
+
 def _limit(max_seconds: float | None, rate: int) -> int | None:
     return None if max_seconds is None else round(max_seconds * rate)
 
@@ -90,6 +147,7 @@ def _read_window(audio: soundfile.SoundFile, path: Path, max_seconds: float | No
         )
     if audio.frames == 0:
         raise MediaError(f"audio {path} has no samples (zero length)")
+    _check_not_cut(audio, path)
     limit = _limit(max_seconds, audio.samplerate)
     count = audio.frames if limit is None else min(audio.frames, limit)
     start = 0 if rng is None else rng.randrange(audio.frames - count + 1)
@@ -183,11 +241,16 @@ def _pyav_frames(path: Path, pick: Callable[[int], list[int]]) -> list[np.ndarra
     return [kept[index] for index in wanted]
 
 
-def build_reader(modality: str, preprocessor: Preprocessor, video_backend: str = "decord") -> Reader:
+def build_reader(
+    modality: str,
+    preprocessor: Preprocessor,
+    video_backend: str = "decord",
+    max_image_pixels: int | None = DEFAULT_MAX_PIXELS,
+) -> Reader:
     """The reader that makes what this encoder's preprocessor takes (its sampling rate, clip
     length, frame count)."""
     if modality == "image":
-        return ImageReader()
+        return ImageReader(max_image_pixels)
     if modality == "audio":
         return AudioReader(**preprocessor.reader_settings())
     if modality == "video":

@@ -4,17 +4,21 @@ as MediaError, which the data module turns into a BadRecordError naming the mani
 import json
 import pickle
 import random
+import struct
 import sys
+import zlib
 
 import av
 import numpy as np
 import pytest
 import soundfile
 from conftest import tiny_encoder
+from PIL import Image
 
 from datamodules import (
     AudioReader,
     BadRecordError,
+    ImageReader,
     ManifestDataModule,
     MediaError,
     VideoReader,
@@ -24,7 +28,7 @@ from datamodules.manifest import read_manifest
 from datamodules.pairs import PairDataset
 from datamodules.shapes import write_shapes_dataset, write_video
 from oneencoder.encoders import build_encoder
-from oneencoder.readers import frame_indices
+from oneencoder.readers import ImageTooLargeError, frame_indices
 
 RATE = 16000
 
@@ -234,3 +238,67 @@ def test_video_batches_and_draw_keys(media_set):
     assert first["index"] == 1 and first["text"] == [records[1].captions()[5 % 3]]
     assert all(np.array_equal(a, b) for a, b in zip(first["video"][0], again["video"][0]))
     assert train[1]["text"] == records[1].captions()  # an index is evaluation: every caption
+
+
+def _png_header(width, height):
+    """A PNG of a header only: a few dozen bytes that claim width x height RGB pixels."""
+
+    def chunk(kind, body):
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize("side", [30000, 12000])  # beyond PIL's hard limit; within it but above ours
+def test_an_image_whose_header_claims_too_many_pixels_is_refused_before_decoding(tmp_path, side):
+    path = tmp_path / "bomb.png"
+    path.write_bytes(_png_header(side, side))
+    with pytest.raises(ImageTooLargeError, match=rf"image {path} .*(too large|more than max_pixels = 50 MP)"):
+        ImageReader()(path)
+
+
+def test_max_pixels_is_the_image_limit(tmp_path):
+    path = tmp_path / "small.png"
+    Image.new("RGB", (40, 30)).save(path)
+    assert ImageReader(max_pixels=1200)(path).size == (40, 30)
+    with pytest.raises(ImageTooLargeError, match=r"40x30 = 0.0 megapixels, more than max_pixels .*max_image_pixels"):
+        ImageReader(max_pixels=1199)(path)
+    assert ImageReader(max_pixels=None)(path).size == (40, 30)
+
+
+def _wav_with_data_size(tmp_path, size):
+    content = bytearray(_encoded(tmp_path, "wav"))
+    at = content.index(b"data") + 4
+    content[at : at + 4] = struct.pack("<I", size)
+    path = tmp_path / "streamed.wav"
+    path.write_bytes(content)
+    return path
+
+
+def test_a_wav_cut_short_is_refused_but_a_streamed_one_reads_whole(tmp_path):
+    cut = tmp_path / "cut.wav"
+    content = _encoded(tmp_path, "wav")
+    cut.write_bytes(content[: len(content) // 2])
+    # libsndfile opens it and shortens its length to what is there: half the sound, silently.
+    with pytest.raises(MediaError, match=rf"audio {cut} is truncated: its header promises 32000 bytes"):
+        AudioReader(RATE)(cut)
+    for placeholder in (0xFFFFFFFF, 0x7FFFFFFF):  # written by tools that stream; the length is unknown
+        assert len(AudioReader(RATE)(_wav_with_data_size(tmp_path, placeholder))) == RATE
+
+
+def test_a_decompression_bomb_names_the_manifest_line_or_is_counted_when_skipped(media_set):
+    manifest, records = media_set
+    (manifest.parent / records[0]["image"]).write_bytes(_png_header(30000, 30000))
+    with pytest.raises(BadRecordError, match=r"manifest.jsonl:1 \(id 'red-circle-top-left-train0'\): image .* too large"):
+        for _ in _data(manifest, "image").train_dataloader():
+            pass
+    batches = list(_data(manifest, "image", skip_bad_records=True).train_dataloader())
+    assert sum(b["num_skipped"] for b in batches) == 1
+
+
+def test_the_data_modules_image_limit_reaches_the_reader(media_set):
+    manifest, records = media_set
+    side = Image.open(manifest.parent / records[0]["image"]).width
+    batches = list(_data(manifest, "image", skip_bad_records=True, max_image_pixels=side * side - 1).train_dataloader())
+    assert sum(b["num_skipped"] for b in batches) == sum(r["split"] == "train" for r in records)
