@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import math
 import os
 from collections import Counter
 from dataclasses import dataclass, field
@@ -25,7 +24,7 @@ from datamodules.pairs import PairCollator, PairDataset
 from oneencoder import OneEncoder
 from oneencoder.files import atomic_write_text
 from oneencoder.readers import build_reader
-from oneencoder.retrieval import first_relevant_ranks, recall_at_k
+from oneencoder.retrieval import chance_levels, check_finite, first_relevant_ranks, recall_at_k
 
 
 @dataclass
@@ -184,29 +183,6 @@ def pair_result(query: str, gallery: str, a: Embedded, b: Embedded, ks: Sequence
                       len(owners_a), len(owners_b))
 
 
-def chance_levels(relevant_counts: Sequence[int], gallery_size: int, ks: Sequence[int]) -> dict[str, float]:
-    """What a random ranking scores: R@K averaged over queries, MedR the median of each query's median.
-
-    A query with r relevant items among N is hit in the top K with probability 1 - C(N-r, K) / C(N, K);
-    its first relevant item's rank is at most k with probability 1 - C(N-k, r) / C(N, r). A K beyond
-    the gallery is the whole gallery: always a hit.
-    """
-    counts = Counter(relevant_counts)
-    total = len(relevant_counts)
-    chance = {
-        f"R@{k}": sum(n * (1 - math.comb(gallery_size - r, min(k, gallery_size)) / math.comb(gallery_size, min(k, gallery_size)))
-                      for r, n in counts.items()) / total
-        for k in ks
-    }
-    medians = []
-    for r, n in sorted(counts.items()):
-        rank = next(k for k in range(1, gallery_size + 1)
-                    if 1 - math.comb(gallery_size - k, r) / math.comb(gallery_size, r) >= 0.5)
-        medians += [rank] * n
-    chance["MedR"] = float(torch.tensor(medians, dtype=torch.float).median())
-    return chance
-
-
 def class_embeddings(model: OneEncoder, classes: Sequence[str], templates: Sequence[str], batch_size: int = 64) -> Tensor:
     """(classes, d): each class name in every template, embedded as text, averaged, re-normalised.
     Every `{}` of a template takes the name (OneEncoder's CIFAR-10 prompt has it twice)."""
@@ -274,6 +250,7 @@ def evaluate(
     for m in present:
         positions = torch.tensor([i for i, r in enumerate(records) if m in r.fields])
         rows = embed_records(model, [records[i] for i in positions], m, batch_size, num_workers, video_backend)
+        check_finite(rows.embeddings, m, f"{manifest} ({split!r} split)")
         embedded[m] = Embedded(rows.embeddings, positions[rows.owners])  # owners as indices into `records`
     evaluation = Evaluation(str(manifest), split)
     for a, b in itertools.permutations(present, 2):
@@ -284,6 +261,7 @@ def evaluate(
     names = _classes(records, classes, str(manifest))
     if names:
         prototypes = class_embeddings(model, names, templates, batch_size)
+        check_finite(prototypes, "text (class prompt)")
         labels = [r.fields.get("label") for r in records]
         for m in present:
             result = None if m == "text" else zero_shot_result(m, embedded[m], labels, names, prototypes, len(templates))

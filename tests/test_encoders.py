@@ -53,6 +53,31 @@ def test_audio_mask_follows_the_convolution_lengths():
     assert output.mask.sum(1).tolist() == expected.tolist()
 
 
+def _audio(norm: str) -> EncoderConfig:
+    config = tiny_encoder("audio")
+    config.model_config = {**config.model_config, "feat_extract_norm": norm}
+    return config
+
+
+@pytest.mark.parametrize(
+    "config", [tiny_encoder("text"), _audio("layer"), _audio("group")],
+    ids=["text", "audio-layer-norm", "audio-group-norm"],
+)
+def test_an_items_features_are_the_same_alone_and_in_a_padded_batch(config):
+    # A group-norm audio model (wav2vec2-base) normalises over the padding too: batched naively, a
+    # cached feature would differ from the same item's feature in evaluation.
+    encoder = build_encoder(config)
+    items = _items(config.kind)[::-1]  # the short item first, padded to the long one
+    if config.kind == "audio":  # and two of the same length, encoded together
+        items.append(np.random.default_rng(1).standard_normal(6000).astype(np.float32))
+    batch = encoder(encoder.preprocess(items))
+    for row, item in enumerate(items):
+        alone = encoder(encoder.preprocess([item]))
+        length = int(alone.mask.sum())
+        assert int(batch.mask[row].sum()) == length and batch.mask[row, :length].all()
+        torch.testing.assert_close(batch.features[row, :length], alone.features[0, :length], atol=1e-5, rtol=1e-4)
+
+
 def test_a_random_encoder_is_a_function_of_its_config_and_so_is_its_fingerprint():
     torch.manual_seed(0)
     base = build_encoder(tiny_encoder("text"))

@@ -2,39 +2,20 @@
 classification of labelled records."""
 
 import json
-import math
 
 import pytest
 import torch
 from torch.nn.functional import normalize
 
+from oneencoder.retrieval import NonFiniteEmbeddingError
 from stages.evaluate import (
     Embedded,
     Evaluation,
-    chance_levels,
     class_embeddings,
     evaluate,
     pair_result,
     zero_shot_result,
 )
-
-
-def test_chance_with_one_relevant_item_is_k_over_n_and_the_middle_rank():
-    chance = chance_levels([1] * 10, gallery_size=9, ks=(1, 5))
-    assert chance["R@1"] == pytest.approx(1 / 9)
-    assert chance["R@5"] == pytest.approx(5 / 9)
-    assert chance["MedR"] == 5
-
-
-def test_chance_with_several_relevant_items_matches_counting():
-    # 2 relevant among 6, top 2: hit unless both top items are among the 4 others.
-    assert chance_levels([2], 6, (2,))["R@2"] == pytest.approx(1 - math.comb(4, 2) / math.comb(6, 2))
-    # The first of 3 relevant among 9 sits at rank 1 with probability 1/3, within 2 with 7/12 > 1/2.
-    assert chance_levels([3], 9, (1,))["MedR"] == 2
-
-
-def test_chance_for_k_beyond_the_gallery_is_a_certain_hit():
-    assert chance_levels([1, 1, 1, 1], gallery_size=4, ks=(1, 10))["R@10"] == 1.0
 
 
 def test_planted_identical_pairs_score_r1_of_one_in_both_directions():
@@ -144,3 +125,10 @@ def test_pairs_no_record_has_are_named_not_evaluated(tiny_model, shapes_manifest
     evaluation = evaluate(tiny_model, str(manifest))
     assert evaluation.results == [] and evaluation.unpaired == ["image-text"]
     assert "No record has both of: image-text" in evaluation.markdown()
+
+
+def test_a_model_with_a_nan_weight_is_refused_not_scored(tiny_model, shapes_manifest):
+    with torch.no_grad():
+        next(tiny_model.heads["text"].parameters())[0].fill_(float("nan"))  # only text embeddings break
+    with pytest.raises(NonFiniteEmbeddingError, match=r"(\d+) of \1 text embeddings on .*'test' split"):
+        evaluate(tiny_model, str(shapes_manifest))

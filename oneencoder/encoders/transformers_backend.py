@@ -245,7 +245,15 @@ class ImageEncoder(TransformersEncoder):
 
 
 class AudioEncoder(TransformersEncoder):
-    """Waveforms -> one token per convolutional frame (20 ms for wav2vec2)."""
+    """Waveforms -> one token per convolutional frame (20 ms for wav2vec2).
+
+    An item's features never depend on what else is in its batch. Layer-norm models (wav2vec2-large)
+    take an attention mask that hides the padding. Group-norm models (wav2vec2-base) were trained
+    without one, and their first convolution normalises over the whole input, padding included; so
+    they run on each group of equal-length items as its own unpadded batch (all
+    at once when every clip has the same length, as in ESC-50; one by one at worst). Otherwise a
+    feature cache built in one batching would differ from evaluation in another.
+    """
 
     kind = "audio"
 
@@ -262,17 +270,32 @@ class AudioEncoder(TransformersEncoder):
             extractor = Wav2Vec2FeatureExtractor(**{"sampling_rate": 16000, **settings})
         return AudioPreprocessor(extractor, max_seconds=max_seconds)
 
+    @property
+    def takes_attention_mask(self) -> bool:
+        """Layer-norm feature encoders do; group-norm ones (wav2vec2-base) must not get one (their
+        model card says so: they were trained without it)."""
+        return getattr(self.model_config, "feat_extract_norm", "layer") == "layer"
+
     def encode(self, inputs: dict[str, Tensor]) -> EncoderOutput:
-        sample_mask = inputs["attention_mask"]
-        # Models with group-norm feature extractors (wav2vec2-base) were trained on zero padding without
-        # an attention mask, and their card says not to pass one; layer-norm ones need it.
-        uses_mask = getattr(self.model_config, "feat_extract_norm", "layer") == "layer"
-        hidden = self.module(
-            input_values=inputs["input_values"], attention_mask=sample_mask if uses_mask else None
-        ).last_hidden_state
-        lengths = self.module._get_feat_extract_output_lengths(sample_mask.sum(-1))
+        values, samples = inputs["input_values"], inputs["attention_mask"].sum(-1)
+        frames = self.module._get_feat_extract_output_lengths(samples)
+        if self.takes_attention_mask:
+            hidden = self.module(input_values=values, attention_mask=inputs["attention_mask"]).last_hidden_state
+        else:
+            hidden = self._encode_unpadded(values, samples, frames)
         positions = torch.arange(hidden.shape[1], device=hidden.device)
-        return EncoderOutput(hidden, positions[None, :] < lengths[:, None])
+        return EncoderOutput(hidden, positions[None, :] < frames[:, None])
+
+    def _encode_unpadded(self, values: Tensor, samples: Tensor, frames: Tensor) -> Tensor:
+        """(batch, max frames, dim) zero-padded: each group of items with the same number of samples
+        run as one batch cut to that length, so no item sees padding."""
+        hidden = torch.zeros(len(values), int(frames.max().clamp(min=0)), self.dim, device=values.device)
+        for length in samples.unique().tolist():
+            rows = (samples == length).nonzero().squeeze(1)
+            count = int(frames[rows[0]])
+            if count > 0:  # a clip shorter than one frame has no features, as when padded
+                hidden[rows, :count] = self.module(input_values=values[rows, :length]).last_hidden_state
+        return hidden
 
 
 class VideoEncoder(TransformersEncoder):
