@@ -78,6 +78,13 @@ def test_an_items_features_are_the_same_alone_and_in_a_padded_batch(config):
         torch.testing.assert_close(batch.features[row, :length], alone.features[0, :length], atol=1e-5, rtol=1e-4)
 
 
+def test_group_norm_audio_features_have_a_fingerprint_of_their_own():
+    # Caches of group-norm features made before they were encoded unpadded depended on the batching.
+    group, layer = build_encoder(_audio("group")), build_encoder(_audio("layer"))
+    assert group.description["encoding"] == {"batching": "equal-length groups, unpadded"}
+    assert "encoding" not in layer.description  # every other encoder keeps its fingerprint
+
+
 def test_a_random_encoder_is_a_function_of_its_config_and_so_is_its_fingerprint():
     torch.manual_seed(0)
     base = build_encoder(tiny_encoder("text"))

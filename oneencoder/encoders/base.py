@@ -127,14 +127,21 @@ class FrozenEncoder(ABC):
         described = json.dumps(self.description, sort_keys=True, default=str)
         return f"{self.kind}-{hashlib.sha256(described.encode()).hexdigest()[:16]}"
 
+    def encoding_settings(self) -> dict[str, Any]:
+        """How `encode` runs a batch, where that changes the features; empty for most encoders."""
+        return {}
+
     @cached_property
     def description(self) -> dict[str, Any]:
         """What the fingerprint hashes; a feature cache stores it to say what differs."""
-        return {
+        described = {
             "class": type(self).__name__,
             "weights": self.weights_identity(),
             "preprocessing": self.preprocessor.settings(),
         }
+        encoding = self.encoding_settings()
+        # Only when set, so the fingerprints (and feature caches) of every other encoder stay valid.
+        return {**described, "encoding": encoding} if encoding else described
 
 
 def folder_digest(path: str | Path) -> str:

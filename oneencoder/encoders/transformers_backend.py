@@ -276,6 +276,11 @@ class AudioEncoder(TransformersEncoder):
         model card says so: they were trained without it)."""
         return getattr(self.model_config, "feat_extract_norm", "layer") == "layer"
 
+    def encoding_settings(self) -> dict[str, Any]:
+        # Group-norm features cached before they were encoded unpadded depended on their batch:
+        # a fingerprint of its own refuses such a cache.
+        return {} if self.takes_attention_mask else {"batching": "equal-length groups, unpadded"}
+
     def encode(self, inputs: dict[str, Tensor]) -> EncoderOutput:
         values, samples = inputs["input_values"], inputs["attention_mask"].sum(-1)
         frames = self.module._get_feat_extract_output_lengths(samples)
