@@ -8,12 +8,18 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from datamodules.converters import ConversionError, converter
+from datamodules.converters import ConversionError, cifar10, converter
 from datamodules.converters.cifar10 import convert
 from datamodules.manifest import read_manifest
 
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 BATCHES = [f"data_batch_{n}.bin" for n in range(1, 6)] + ["test_batch.bin"]
+PER_BATCH = 2  # records per fixture batch file; the real ones hold 10,000
+
+
+@pytest.fixture(autouse=True)
+def small_batches(monkeypatch):
+    monkeypatch.setattr(cifar10, "RECORDS_PER_BATCH", PER_BATCH)
 
 
 def record_bytes(label: int, image: np.ndarray) -> bytes:
@@ -21,7 +27,7 @@ def record_bytes(label: int, image: np.ndarray) -> bytes:
     return bytes([label]) + b"".join(image[:, :, channel].tobytes() for channel in range(3))
 
 
-def write_cifar(parent: Path, per_batch: int = 2) -> dict[str, list[tuple[int, np.ndarray]]]:
+def write_cifar(parent: Path, per_batch: int = PER_BATCH) -> dict[str, list[tuple[int, np.ndarray]]]:
     """`parent/cifar-10-batches-bin/` with all six batches of `per_batch` random images; returns them
     per file."""
     folder = parent / "cifar-10-batches-bin"
@@ -40,17 +46,17 @@ def test_records_and_pngs_keep_the_labels_pixels_and_channel_order(tmp_path):
     written = write_cifar(tmp_path / "cifar")
     red = np.zeros((32, 32, 3), dtype=np.uint8)
     red[0, 1, 0] = 255  # one red pixel at row 0, column 1
-    with (tmp_path / "cifar" / "cifar-10-batches-bin" / "test_batch.bin").open("ab") as batch:
-        batch.write(record_bytes(9, red))
+    test_batch = tmp_path / "cifar" / "cifar-10-batches-bin" / "test_batch.bin"
+    test_batch.write_bytes(test_batch.read_bytes()[:cifar10.RECORD_BYTES] + record_bytes(9, red))
     out = tmp_path / "manifests" / "cifar10.jsonl"
 
     conversion = convert(tmp_path / "cifar", out)
 
     records = read_manifest(out)
     expected = [("train", image) for name in BATCHES[:5] for image in written[name]]
-    expected += [("test", image) for image in written["test_batch.bin"] + [(9, red)]]
+    expected += [("test", image) for image in written["test_batch.bin"][:1] + [(9, red)]]
     assert [(r.id, r.split) for r in records] == (
-        [(f"cifar10/train/{i:05d}", "train") for i in range(10)] + [(f"cifar10/test/{i:05d}", "test") for i in range(3)]
+        [(f"cifar10/train/{i:05d}", "train") for i in range(10)] + [(f"cifar10/test/{i:05d}", "test") for i in range(2)]
     )
     for record, (split, (label, image)) in zip(records, expected):
         assert record.fields["label"] == CLASSES[label]
@@ -59,9 +65,9 @@ def test_records_and_pngs_keep_the_labels_pixels_and_channel_order(tmp_path):
         assert png.mode == "RGB" and png.size == (32, 32)
         assert np.array_equal(np.asarray(png), image)
     assert tuple(np.asarray(Image.open(records[-1].path("image")))[0, 1]) == (255, 0, 0)
-    assert conversion.written == {"train": 10, "test": 3}
+    assert conversion.written == {"train": 10, "test": 2}
     assert not conversion.skipped
-    assert converter("cifar10") is convert
+    assert converter("cifar10").__wrapped__ is convert
 
 
 def test_the_batches_folder_itself_is_a_root_and_a_rerun_rewrites_only_changed_pngs(tmp_path):
@@ -125,3 +131,12 @@ def test_a_truncated_batch_or_bad_label_byte_is_named_and_nothing_is_written(tmp
     with pytest.raises(ConversionError, match="data_batch_2.bin: record 1 has label byte 10"):
         convert(tmp_path, out)
     assert not out.parent.exists()
+
+
+def test_a_batch_cut_short_at_a_record_boundary_is_refused(tmp_path):
+    write_cifar(tmp_path)
+    batch = tmp_path / "cifar-10-batches-bin" / "data_batch_4.bin"
+    batch.write_bytes(batch.read_bytes()[: cifar10.RECORD_BYTES])
+    with pytest.raises(ConversionError, match=rf"data_batch_4.bin: 1 records, expected {PER_BATCH} .*extract .* again"):
+        convert(tmp_path, tmp_path / "out.jsonl")
+    assert not (tmp_path / "out.jsonl").exists()

@@ -1,6 +1,7 @@
 """COCO Captions, official and Karpathy forms, on fixtures in their exact on-disk layout."""
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -105,3 +106,22 @@ def test_the_command_reports_counts_or_the_layout_error_without_a_traceback(tmp_
     failed = subprocess.run([*command, tmp_path / "nowhere", tmp_path / "x.jsonl"], capture_output=True, text=True)
     assert failed.returncode == 1 and "expected COCO's top folder" in failed.stderr
     assert "Traceback" not in failed.stderr
+
+
+def test_without_its_image_folders_nothing_is_written_and_the_folders_looked_in_are_named(tmp_path):
+    root = _official(tmp_path / "coco", "2017")
+    for split in ("train", "val"):
+        shutil.rmtree(root / f"{split}2017")
+    with pytest.raises(ConversionError, match=r"no record .*image file missing.*coco/train2017 and .*coco/val2017"):
+        converter("coco")(root, tmp_path / "coco.jsonl")
+    assert not (tmp_path / "coco.jsonl").exists()
+
+
+def test_image_folders_doubled_by_their_archives_are_found(tmp_path):
+    root = _official(tmp_path / "coco", "2017")
+    for split in ("train", "val"):
+        (root / f"{split}2017").rename(tmp_path / "moved")
+        (root / f"{split}2017").mkdir()
+        (tmp_path / "moved").rename(root / f"{split}2017" / f"{split}2017")
+    conversion = converter("coco")(root, tmp_path / "coco.jsonl")
+    assert conversion.written == {"train": 1, "val": 1}

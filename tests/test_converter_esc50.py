@@ -72,3 +72,19 @@ def test_a_fold_outside_the_five_official_ones_names_the_row(tmp_path, fold):
     with pytest.raises(ConversionError, match=rf"esc50\.csv:3: fold must be 1\.\.5, found '{fold}'"):
         convert(tmp_path, out)
     assert not out.exists()
+
+
+def test_without_its_audio_folder_the_folder_is_named_and_nothing_is_written(tmp_path):
+    write_esc50(tmp_path, ROWS, [])
+    (tmp_path / "audio").rmdir()
+    with pytest.raises(ConversionError, match=r"expected ESC-50's clips folder audio/ at .*audio"):
+        convert(tmp_path, tmp_path / "esc50.jsonl")
+    (tmp_path / "audio").mkdir()
+    with pytest.raises(ConversionError, match=r"no record .*3 audio file missing.*wav files in .*audio"):
+        convert(tmp_path, tmp_path / "esc50.jsonl")
+    assert not (tmp_path / "esc50.jsonl").exists()
+
+
+def test_the_folder_the_archive_was_extracted_in_is_a_root(tmp_path):
+    write_esc50(tmp_path / "ESC-50-master", ROWS[:1], ["1-100032-A-0.wav"])
+    assert convert(tmp_path, tmp_path / "esc50.jsonl").written == {"test": 1}

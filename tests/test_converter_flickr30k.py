@@ -134,3 +134,34 @@ def test_held_out_splits_are_1000_each_on_the_full_set():
     splits = held_out_splits([f"{i}.jpg" for i in range(31783)])
     assert list(splits.values()).count("test") == 1000 and list(splits.values()).count("val") == 1000
     assert held_out_splits(["a.jpg"]) == {"a.jpg": "test"}
+
+
+@pytest.mark.parametrize("folder", ["flickr30k-images", "flickr30k_images"])
+def test_images_one_folder_deeper_as_common_archives_hold_them_are_found(tmp_path, folder):
+    write_karpathy(tmp_path, [karpathy_entry(0, "10002456.jpg", "test", CAPTIONS["10002456.jpg"])])
+    image = write_jpeg(tmp_path / folder / folder / "10002456.jpg")
+    converter("flickr30k")(tmp_path, tmp_path / "out.jsonl")
+    assert read_manifest(tmp_path / "out.jsonl")[0].path("image").resolve() == image.resolve()
+
+
+def test_the_kaggle_download_is_read_from_the_folder_it_was_extracted_in(tmp_path):
+    write_results_csv(tmp_path / "flickr30k_images", RESULTS_LINES[:3])
+    image = write_jpeg(tmp_path / "flickr30k_images" / "flickr30k_images" / "1000092795.jpg")
+    converter("flickr30k-csv")(tmp_path, tmp_path / "out.jsonl")
+    assert read_manifest(tmp_path / "out.jsonl")[0].path("image").resolve() == image.resolve()
+
+
+def test_no_image_found_is_an_error_naming_the_folder_looked_in(tmp_path):
+    write_karpathy(tmp_path, [karpathy_entry(0, "10002456.jpg", "test", CAPTIONS["10002456.jpg"])])
+    (tmp_path / "flickr30k-images" / "photos").mkdir(parents=True)  # the images one level deeper still
+    write_jpeg(tmp_path / "flickr30k-images" / "photos" / "10002456.jpg")
+    with pytest.raises(ConversionError, match=r"no record .*1 image file missing.*images named in dataset_flickr30k.json in .*flickr30k-images"):
+        converter("flickr30k")(tmp_path, tmp_path / "out.jsonl")
+    assert not (tmp_path / "out.jsonl").exists()
+
+
+def test_a_results_csv_that_is_not_utf8_is_named(tmp_path):
+    (tmp_path / "results.csv").write_bytes("image_name| comment_number| comment\n1.jpg| 0| caf\u00e9\n".encode("latin-1"))
+    (tmp_path / "flickr30k_images").mkdir()
+    with pytest.raises(ConversionError, match=r"results.csv: not UTF-8 text"):
+        converter("flickr30k-csv")(tmp_path, tmp_path / "out.jsonl")

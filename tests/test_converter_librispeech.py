@@ -83,3 +83,21 @@ def test_a_root_without_subset_folders_names_the_expected_folders(tmp_path):
         convert(tmp_path / "LibriSpeech", tmp_path / "librispeech.jsonl")
     with pytest.raises(ConversionError, match="LibriSpeech folder .* at .*absent"):
         convert(tmp_path / "absent", tmp_path / "librispeech.jsonl")
+
+
+def test_wav_clips_and_the_folder_holding_librispeech_are_accepted(tmp_path):
+    folder = write_chapter(tmp_path / "LibriSpeech", "dev-clean", "84", "121123", ["84-121123-0000 GO", "84-121123-0001 DO"],
+                           ["84-121123-0000"])
+    soundfile.write(folder / "84-121123-0001.wav", np.zeros(1600, dtype=np.float32), 16000)
+    soundfile.write(folder / "84-121123-0000.wav", np.zeros(1600, dtype=np.float32), 16000)  # the flac wins
+    out = tmp_path / "librispeech.jsonl"
+    convert(tmp_path, out)
+    assert [r.path("audio").name for r in read_manifest(out)] == ["84-121123-0000.flac", "84-121123-0001.wav"]
+
+
+def test_no_audio_at_all_is_an_error_naming_what_was_looked_for(tmp_path):
+    folder = write_chapter(tmp_path, "dev-clean", "84", "121123", ["84-121123-0000 GO"], [])
+    soundfile.write(folder / "84-121123-0000.mp3", np.zeros(1600, dtype=np.float32), 16000)
+    with pytest.raises(ConversionError, match=r"no record .*1 audio file missing.*\.flac \(or \.wav\).*dev-clean"):
+        convert(tmp_path, tmp_path / "librispeech.jsonl")
+    assert not (tmp_path / "librispeech.jsonl").exists()

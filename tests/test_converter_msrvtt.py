@@ -98,7 +98,7 @@ def test_full_index_keeps_official_splits_and_all_captions(tmp_path):
         assert record.path("video").resolve() == (root / "videos" / "all" / f"{record.id[7:]}.mp4").resolve()
     assert conversion.written == {"train": 3, "val": 1, "test": 2}
     assert conversion.skipped == {"video file missing": 1, "no caption": 1}
-    assert converter("msrvtt") is convert
+    assert converter("msrvtt").__wrapped__ is convert
 
 
 def test_original_release_reads_train_val_and_test_index(tmp_path):
@@ -186,3 +186,16 @@ def test_index_that_is_not_json_is_named(tmp_path):
     (root / "test_videodatainfo.json").write_text('{"videos": [')
     with pytest.raises(ConversionError, match="test_videodatainfo.json: not valid JSON"):
         run(root, tmp_path)
+
+
+def test_a_null_caption_is_dropped_like_a_blank_one(tmp_path):
+    root = full_form(tmp_path / "msrvtt_data")
+    index = _index(list(VIDEOS))
+    for sentence in index["sentences"]:
+        if sentence["video_id"] in ("video0", "video1"):
+            sentence["caption"] = None if sentence["sen_id"] != 3 else "a man is cooking"
+    (root / "MSRVTT_data.json").write_text(json.dumps(index))
+    written, conversion = run(root, tmp_path)
+    records = {r.id: r.fields["text"] for r in written}
+    assert records["msrvtt/video0"] == ["a man is cooking"] and "msrvtt/video1" not in records
+    assert conversion.skipped["no caption"] == 2  # video1, and video5 which never had one

@@ -19,7 +19,7 @@ import yaml
 from conftest import tiny_encoder
 from PIL import Image
 
-from datamodules.converters import converter
+from datamodules.converters import cifar10, converter
 from datamodules.manifest import read_manifest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -71,9 +71,8 @@ def _cifar10(records: list, root: Path) -> None:
     for n, record in enumerate(records):
         pixels = np.asarray(Image.open(record.path("image")).convert("RGB").resize((32, 32)))
         rows.append(bytes([n % 10]) + pixels.transpose(2, 0, 1).tobytes())
-    for n in range(1, 6):
-        (folder / f"data_batch_{n}.bin").write_bytes(b"".join(rows[:2]))
-    (folder / "test_batch.bin").write_bytes(b"".join(rows))
+    for name in [f"data_batch_{n}.bin" for n in range(1, 6)] + ["test_batch.bin"]:
+        (folder / name).write_bytes(b"".join(rows))  # as many records in each file, as the real ones hold
 
 
 def _librispeech(records: list, root: Path) -> None:
@@ -129,9 +128,11 @@ def paper_workdir(shapes_manifest: Path, tmp_path_factory: pytest.TempPathFactor
     _librispeech(records, raw / "LibriSpeech")
     _msrvtt(records, raw / "msrvtt")
     _esc50(records, raw / "ESC-50-master")
-    for source, root, out in _make_conversions(raw):  # the very commands `make paper` runs
-        conversion = converter(source)(Path(root), work / out)
-        assert not conversion.skipped, (source, conversion.skipped)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(cifar10, "RECORDS_PER_BATCH", len(records))  # 10,000 in the real files
+        for source, root, out in _make_conversions(raw):  # the very commands `make paper` runs
+            conversion = converter(source)(Path(root), work / out)
+            assert not conversion.skipped, (source, conversion.skipped)
     shutil.copytree(ROOT / "configs/paper", work / "configs/paper")
     for stage in (work / "configs/paper/stages").glob("*.yaml"):
         stage.write_text(yaml.safe_dump(_on_cpu_with_tiny_encoders(yaml.safe_load(stage.read_text()))))

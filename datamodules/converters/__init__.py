@@ -2,16 +2,18 @@
 splits: `oneencoder data convert <source> <root> <out.jsonl>`.
 
 Each source lives in its own module with `convert(root: Path, out: Path) -> Conversion`; the registry
-names the module so that a source's imports load only when it is used.
+names the module so that a source's imports load only when it is used. A converter that finds no record
+to write fails, naming where it looked, rather than leave an empty manifest.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 from pathlib import Path
 from typing import Callable
 
-from .base import Conversion, ConversionError, write_manifest
+from .base import Conversion, ConversionError, check_output, write_manifest
 
 SOURCES: dict[str, str] = {  # source name -> module:function
     "coco": "datamodules.converters.coco:convert",
@@ -28,10 +30,19 @@ SOURCES: dict[str, str] = {  # source name -> module:function
 
 
 def converter(source: str) -> Callable[[Path, Path], Conversion]:
+    """`source`'s converter, which first checks that its output path can become a manifest file (a
+    conversion can take hours: a folder there should not fail it at the end)."""
     if source not in SOURCES:
-        raise ValueError(f"unknown source {source!r}; sources: {sorted(SOURCES)}")
+        raise ConversionError(f"unknown source {source!r}; sources: {sorted(SOURCES)}")
     module, function = SOURCES[source].split(":")
-    return getattr(importlib.import_module(module), function)
+    convert = getattr(importlib.import_module(module), function)
+
+    @functools.wraps(convert)
+    def checked(root: Path, out: Path) -> Conversion:
+        check_output(Path(out))
+        return convert(Path(root), Path(out))
+
+    return checked
 
 
 __all__ = ["SOURCES", "Conversion", "ConversionError", "converter", "write_manifest"]

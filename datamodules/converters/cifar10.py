@@ -3,8 +3,9 @@ extracted).
 
 Layout: `<root>` is the `cifar-10-batches-bin/` folder, or its parent holding it. All of
 `data_batch_1.bin` ... `data_batch_5.bin`, `test_batch.bin` and `batches.meta.txt` (the 10 class names,
-one per line) are required. Each .bin holds records of 3073 bytes: a label byte (0-9), then the 1024 red,
-1024 green and 1024 blue values of a 32x32 image, row-major. The official splits are kept: the five data
+one per line) are required. Each .bin holds 10,000 records of 3073 bytes: a label byte (0-9), then the
+1024 red, 1024 green and 1024 blue values of a 32x32 image, row-major; a file with fewer (a download cut
+short at a record boundary) is refused. The official splits are kept: the five data
 batches -> train (indices 0-49999 in batch order), test_batch -> test (0-9999); CIFAR-10 has no val set.
 
 The manifest needs image files, so every image is written as `<manifest folder>/cifar10/<split>/<index:05d>.png`;
@@ -29,6 +30,7 @@ from .base import Conversion, ConversionError, expect, relative, write_manifest
 
 BINARY = "cifar-10-batches-bin"
 RECORD_BYTES = 1 + 3 * 32 * 32
+RECORDS_PER_BATCH = 10_000
 SPLIT_FILES = {"train": [f"data_batch_{n}.bin" for n in range(1, 6)], "test": ["test_batch.bin"]}
 DOWNLOAD = "the binary version cifar-10-binary.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html"
 
@@ -41,7 +43,7 @@ def convert(root: Path, out: Path) -> Conversion:
     records = []
     for split, split_batches in batches.items():
         records += _split_records(split, split_batches, names, out)
-    return write_manifest(out, records, Conversion(out))
+    return write_manifest(out, records, Conversion(out), f"the batch files in {folder}")
 
 
 def _binary_folder(root: Path) -> Path:
@@ -91,6 +93,11 @@ def _read_batch(batch: Path) -> tuple[np.ndarray, np.ndarray]:
         raise ConversionError(
             f"{batch}: {data.size} bytes is not a whole number of {RECORD_BYTES}-byte records"
             f" (is it from {DOWNLOAD}?)"
+        )
+    if data.size != RECORDS_PER_BATCH * RECORD_BYTES:
+        raise ConversionError(
+            f"{batch}: {data.size // RECORD_BYTES} records, expected {RECORDS_PER_BATCH:,} ({RECORDS_PER_BATCH * RECORD_BYTES:,}"
+            f" bytes): the file is cut short or not CIFAR-10's; extract {DOWNLOAD} again"
         )
     data = data.reshape(-1, RECORD_BYTES)
     labels = data[:, 0]

@@ -1,15 +1,16 @@
 """COCO Captions, in its official form or in Karpathy's split.
 
 Official form (cocodataset.org): `<root>/annotations/captions_{train,val}<year>.json` (year 2017, else
-2014: the newest present is read) with the images in `<root>/{train,val}<year>/<file_name>`. Its
-splits are kept: train -> train, val -> val (COCO has no captioned test set).
+2014: the newest present is read) with the images in `<root>/{train,val}<year>/<file_name>` (or
+`<root>/train<year>/train<year>/...`, as some mirrors' archives extract). Its splits are kept: train -> train, val -> val (COCO has no captioned test set).
 
 Karpathy's split (`dataset_coco.json`, from his neuraltalk2 data): `<root>/dataset_coco.json` with the
-2014 images in `<root>/<filepath>/<filename>` (`train2014/`, `val2014/`). Its train/val/test (5,000 each
+2014 images in `<root>/<filepath>/<filename>` (`train2014/`, `val2014/`, each possibly doubled). Its train/val/test (5,000 each
 for val and test) are kept, and `restval` joins train, as every paper using this split does; these are
 the splits image-text retrieval results are reported on.
 
-Either way a record is one image with all its captions, `coco/<image id>`, in the index file's order.
+Either way a record is one image with all its captions, `coco/<image id>`, in the index file's order;
+finding no image at all is an error naming the folders looked in.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .base import Conversion, ConversionError, captioned_image, expect, load_json, require, write_manifest
+from .base import Conversion, ConversionError, captioned_image, expect, load_json, nested, require, write_manifest
 
 YEARS = ("2017", "2014")
 KARPATHY_SPLITS = {"train": "train", "restval": "train", "val": "val", "test": "test"}
@@ -36,7 +37,7 @@ def karpathy_records(index: Path, images: Path, out: Path, source: str, conversi
         captions = [require(sentence, "raw", index) for sentence in require(entry, "sentences", index)]
         image_id = entry.get("cocoid", Path(filename).stem)
         record = captioned_image(f"{source}/{image_id}", KARPATHY_SPLITS[split],
-                                 images / entry.get("filepath", "") / filename, captions, out, conversion)
+                                 nested(images, entry.get("filepath", "")) / filename, captions, out, conversion)
         if record is not None:
             records.append(record)
     return records
@@ -52,10 +53,11 @@ def convert(root: Path, out: Path) -> Conversion:
         )
     conversion = Conversion(out)
     records = []
-    for split in ("train", "val"):
-        index = annotations / f"captions_{split}{year}.json"
-        records += _official_split(index, root / f"{split}{year}", split, out, conversion)
-    return write_manifest(out, records, conversion)
+    folders = {split: nested(root, f"{split}{year}") for split in ("train", "val")}
+    for split, images in folders.items():
+        records += _official_split(annotations / f"captions_{split}{year}.json", images, split, out, conversion)
+    looked_for = f"the images listed in captions_{{train,val}}{year}.json in {' and '.join(map(str, folders.values()))}"
+    return write_manifest(out, records, conversion, looked_for)
 
 
 def _official_split(index: Path, images: Path, split: str, out: Path, conversion: Conversion) -> list[dict[str, Any]]:
@@ -76,4 +78,4 @@ def _official_split(index: Path, images: Path, split: str, out: Path, conversion
 def convert_karpathy(root: Path, out: Path) -> Conversion:
     conversion = Conversion(out)
     records = karpathy_records(expect(root, "COCO's top folder") / "dataset_coco.json", root, out, "coco", conversion)
-    return write_manifest(out, records, conversion)
+    return write_manifest(out, records, conversion, f"the images in {root}/<filepath>/<filename> (train2014/, val2014/)")

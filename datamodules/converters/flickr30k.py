@@ -4,7 +4,8 @@ either of its two common downloads.
 Karpathy's split (`convert`, source `flickr30k`), from his neuraltalk data:
 
     <root>/dataset_flickr30k.json          {"images": [{"filename", "split", "sentences": [{"raw"}]}]}
-    <root>/flickr30k-images/<filename>     (`flickr30k_images/` is accepted too)
+    <root>/flickr30k-images/<filename>     (`flickr30k_images/` is accepted too, and either doubled:
+                                            `flickr30k-images/flickr30k-images/`, as common archives hold it)
 
 Its train/val/test are kept (`restval`, if present, joins train): they are the splits every published
 Flickr30K retrieval result uses, with a 1,000-image test set.
@@ -14,6 +15,9 @@ OneEncoder's original code reads:
 
     <root>/results.csv                     header `image_name| comment_number| comment`, one caption a line
     <root>/flickr30k_images/<image_name>   (`flickr30k-images/` is accepted too)
+
+The root may also be the folder the download was extracted into, holding `flickr30k_images/` (which then
+holds results.csv and the images in another `flickr30k_images/`).
 
 Lines without three fields, a numeric comment number and a comment (the real file has such) are skipped
 as "malformed line". This form has no splits, so they are drawn deterministically, from the names alone:
@@ -30,7 +34,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from .base import Conversion, ConversionError, captioned_image, expect, write_manifest
+from .base import Conversion, ConversionError, captioned_image, expect, nested, read_text, top_folder, write_manifest
 from .coco import karpathy_records
 
 IMAGE_FOLDERS = ("flickr30k-images", "flickr30k_images")
@@ -42,12 +46,15 @@ HELD_OUT_IMAGES = 1000  # per held-out split of the full set, as in Karpathy's t
 def convert(root: Path, out: Path) -> Conversion:
     """Write the manifest of Karpathy's split of Flickr30K."""
     index = expect(root / "dataset_flickr30k.json", "Karpathy's split file dataset_flickr30k.json")
+    images = _images(root)
     conversion = Conversion(out)
-    return write_manifest(out, karpathy_records(index, _images(root), out, "flickr30k", conversion), conversion)
+    records = karpathy_records(index, images, out, "flickr30k", conversion)
+    return write_manifest(out, records, conversion, f"the images named in {index.name} in {images}")
 
 
 def convert_results_csv(root: Path, out: Path) -> Conversion:
     """Write the manifest of the Kaggle download (`results.csv`), with splits drawn by `held_out_splits`."""
+    root = top_folder(root, ["results.csv"], IMAGE_FOLDERS[1])
     index = expect(root / "results.csv", "the Kaggle download's caption file results.csv")
     images = _images(root)
     conversion = Conversion(out)
@@ -59,7 +66,7 @@ def convert_results_csv(root: Path, out: Path) -> Conversion:
         record = captioned_image(f"flickr30k/{Path(name).stem}", splits[name], images / name, texts, out, conversion)
         if record is not None:
             records.append(record)
-    return write_manifest(out, records, conversion)
+    return write_manifest(out, records, conversion, f"the images named in {index.name} in {images}")
 
 
 def held_out_splits(names: list[str]) -> dict[str, str]:
@@ -73,29 +80,28 @@ def held_out_splits(names: list[str]) -> dict[str, str]:
 def _numbered_captions(index: Path, conversion: Conversion) -> dict[str, list[tuple[int, str]]]:
     """image name -> (comment_number, comment) pairs, in the file's order; malformed lines are counted."""
     captions: dict[str, list[tuple[int, str]]] = {}
-    with index.open(encoding="utf-8-sig") as lines:
-        header = next(lines, "")
-        if [field.strip() for field in header.split("|")] != HEADER:
-            raise ConversionError(
-                f"{index}: header is {header.strip()!r}, expected 'image_name| comment_number| comment'"
-                " (the results.csv of Kaggle's flickr30k_images download)"
-            )
-        for line in lines:
-            if not line.strip():
-                continue
-            fields = [field.strip() for field in line.split("|", 2)]
-            if len(fields) < 3 or not fields[0] or not fields[1].isdigit() or not fields[2]:
-                conversion.skipped["malformed line"] += 1
-                continue
-            captions.setdefault(fields[0], []).append((int(fields[1]), fields[2]))
+    header, *lines = read_text(index, "the Kaggle download's caption file results.csv").split("\n")
+    if [field.strip() for field in header.split("|")] != HEADER:
+        raise ConversionError(
+            f"{index}: header is {header.strip()!r}, expected 'image_name| comment_number| comment'"
+            " (the results.csv of Kaggle's flickr30k_images download)"
+        )
+    for line in lines:
+        if not line.strip():
+            continue
+        fields = [field.strip() for field in line.split("|", 2)]
+        if len(fields) < 3 or not fields[0] or not fields[1].isdigit() or not fields[2]:
+            conversion.skipped["malformed line"] += 1
+            continue
+        captions.setdefault(fields[0], []).append((int(fields[1]), fields[2]))
     return captions
 
 
 def _images(root: Path) -> Path:
-    """The image folder, under either of the names the downloads use."""
+    """The image folder, under either of the names the downloads use, possibly doubled."""
     for name in IMAGE_FOLDERS:
         if (root / name).is_dir():
-            return root / name
+            return nested(root, name)
     raise ConversionError(
         f"expected Flickr30K's images in {root / IMAGE_FOLDERS[0]} (or {root / IMAGE_FOLDERS[1]}), found neither"
     )

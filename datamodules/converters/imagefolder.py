@@ -34,9 +34,8 @@ def convert(root: Path, out: Path) -> Conversion:
     records = []
     for split, folder in [(s, root / s) for s in splits] or [("test", root)]:
         records += _split_records(split, folder, root, out, conversion)
-    if not records:
-        raise ConversionError(f"no image files under {root} (expected {LAYOUT}; extensions {sorted(IMAGE_EXTENSIONS)})")
-    return write_manifest(out, records, conversion)
+    looked_for = f"image files under {root} laid out as {LAYOUT} (extensions {sorted(IMAGE_EXTENSIONS)})"
+    return write_manifest(out, records, conversion, looked_for)
 
 
 def _hidden(name: str) -> bool:

@@ -20,12 +20,13 @@ index is skipped ("video not in index"). Records are `msrvtt/<video_id>` with `v
 from __future__ import annotations
 
 import csv
+import io
 import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from .base import Conversion, ConversionError, expect, load_json, relative, require, write_manifest
+from .base import Conversion, ConversionError, expect, load_json, read_text, relative, require, write_manifest
 
 FULL_INDEX = "MSRVTT_data.json"
 TRAIN_VAL_INDEX = "train_val_videodatainfo.json"
@@ -49,7 +50,8 @@ def convert(root: Path, out: Path) -> Conversion:
     else:
         splits = {video_id: OFFICIAL_SPLITS[video["split"]] for video_id, video in videos.items()}
     records = _records(videos, captions, splits, video_dirs, out, conversion)
-    return write_manifest(out, records, conversion)
+    looked_for = f"<video_id>.mp4 in {', '.join(map(str, video_dirs))}"
+    return write_manifest(out, records, conversion, looked_for)
 
 
 def _read_index(root: Path) -> tuple[dict[str, dict[str, Any]], dict[str, list[str]]]:
@@ -78,7 +80,7 @@ def _read_index(root: Path) -> tuple[dict[str, dict[str, Any]], dict[str, list[s
             sentences.append((sentence.get("sen_id", 0), require(sentence, "video_id", path), caption))
     captions: dict[str, list[str]] = {}
     for _, video_id, caption in sorted(sentences, key=lambda sentence: sentence[0]):
-        if caption.strip():
+        if isinstance(caption, str) and caption.strip():  # some releases hold null captions: none to keep
             captions.setdefault(video_id, []).append(caption)
     return videos, captions
 
@@ -102,16 +104,15 @@ def _jsfusion_splits(
 ) -> tuple[dict[str, str], dict[str, list[str]]]:
     """1k-A splits: the CSV's videos are test with their CSV sentence; validate stays val; the rest train."""
     queries: dict[str, list[str]] = {}
-    with csv_path.open(newline="", encoding="utf-8-sig") as lines:
-        reader = csv.DictReader(lines)
-        if reader.fieldnames != JSFUSION_HEADER:
-            raise ConversionError(
-                f"{csv_path}: header should be {','.join(JSFUSION_HEADER)} (got {reader.fieldnames})"
-            )
-        for row in reader:
-            if not row["video_id"] or not row["sentence"]:
-                raise ConversionError(f"{csv_path}:{reader.line_num}: row without a video_id or sentence")
-            queries.setdefault(row["video_id"], []).append(row["sentence"])
+    reader = csv.DictReader(io.StringIO(read_text(csv_path, "the 1k-A test list"), newline=""))
+    if reader.fieldnames != JSFUSION_HEADER:
+        raise ConversionError(
+            f"{csv_path}: header should be {','.join(JSFUSION_HEADER)} (got {reader.fieldnames})"
+        )
+    for row in reader:
+        if not row["video_id"] or not row["sentence"]:
+            raise ConversionError(f"{csv_path}:{reader.line_num}: row without a video_id or sentence")
+        queries.setdefault(row["video_id"], []).append(row["sentence"])
     unknown = len(queries.keys() - videos.keys())
     if unknown:
         conversion.skipped["video not in index"] += unknown

@@ -5,6 +5,7 @@ Expected layout (the captions JSONs and TextVQA's image download side by side):
     <root>/TextCaps_0.1_train.json     {"data": [{"image_id", "caption_str", ...}]}, one entry per caption
     <root>/TextCaps_0.1_val.json       same form (either file may be absent, not both)
     <root>/train_images/<image_id>.jpg TextVQA's train_images/, which holds both train and val images
+                                       (`train_images/train_images/` is accepted too)
 
 Splits: the train JSON -> train, the val JSON -> val. The test JSON has no captions and is not read, so
 there is no test split (val is the split TextCaps results are reported on without the eval server).
@@ -17,7 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .base import Conversion, ConversionError, captioned_image, expect, load_json, require, write_manifest
+from .base import Conversion, ConversionError, captioned_image, expect, load_json, nested, require, write_manifest
 
 FILES = {"train": "TextCaps_0.1_train.json", "val": "TextCaps_0.1_val.json"}
 
@@ -30,12 +31,13 @@ def convert(root: Path, out: Path) -> Conversion:
             f"expected TextCaps' captions at {root / FILES['train']} or {root / FILES['val']}, found neither:"
             " is the root the folder holding the TextCaps JSONs and train_images/?"
         )
-    images = expect(root / "train_images", "TextVQA's image folder train_images/")
+    expect(root / "train_images", "TextVQA's image folder train_images/")
+    images = nested(root, "train_images")
     conversion = Conversion(out)
     records = []
     for split, index in present.items():
         records += _split_records(index, split, images, out, conversion)
-    return write_manifest(out, records, conversion)
+    return write_manifest(out, records, conversion, f"<image_id>.jpg in {images}")
 
 
 def _split_records(index: Path, split: str, images: Path, out: Path, conversion: Conversion) -> list[dict[str, Any]]:
