@@ -4,9 +4,27 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 FUSIONS = ("add", "multiply", "concat", "cross_attention")
+Config = TypeVar("Config")
+
+
+def from_fields(cls: type[Config], data: Any, where: str) -> Config:
+    """`cls(**data)`, with a message naming the keys that are unknown or missing (a config.json
+    edited by hand or written by another version) instead of a bare TypeError."""
+    if isinstance(data, cls):
+        return data
+    if not isinstance(data, dict):
+        raise ValueError(f"{where} must be a mapping of {cls.__name__} fields (got {type(data).__name__})")
+    fields = dataclasses.fields(cls)  # type: ignore[arg-type]
+    known = {f.name for f in fields}
+    required = {f.name for f in fields if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
+    problems = [f"{what} {keys}" for what, keys in (("unknown keys", sorted(set(data) - known)),
+                                                   ("missing required keys", sorted(required - set(data)))) if keys]
+    if problems:
+        raise ValueError(f"{where}: {cls.__name__} has {' and '.join(problems)}; valid keys: {sorted(known)}")
+    return cls(**data)
 
 
 @dataclass
@@ -74,11 +92,8 @@ class OneEncoderConfig:
     up_dropout: float = 0.1
 
     def __post_init__(self) -> None:
-        self.encoders = {
-            name: cfg if isinstance(cfg, EncoderConfig) else EncoderConfig(**cfg)
-            for name, cfg in self.encoders.items()
-        }
-        self.heads = {name: cfg if isinstance(cfg, HeadConfig) else HeadConfig(**cfg) for name, cfg in self.heads.items()}
+        self.encoders = {name: from_fields(EncoderConfig, cfg, f"encoders.{name}") for name, cfg in self.encoders.items()}
+        self.heads = {name: from_fields(HeadConfig, cfg, f"heads.{name}") for name, cfg in self.heads.items()}
         strays = sorted(set(self.heads) - set(self.encoders))
         if strays:
             raise ValueError(f"`heads` names modalities without an encoder: {strays}; encoders: {sorted(self.encoders)}")
@@ -110,8 +125,4 @@ class OneEncoderConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> OneEncoderConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown OneEncoderConfig keys {sorted(unknown)}; valid keys: {sorted(known)}")
-        return cls(**data)
+        return from_fields(cls, data, "the model config")

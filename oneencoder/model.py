@@ -1,21 +1,30 @@
 """OneEncoder: frozen encoders -> per-modality head -> modality-token fusion -> Universal Projection
--> masked mean -> L2-normalised embedding."""
+-> masked mean -> L2-normalised embedding.
+
+A saved folder is self-contained and relocatable: config.json, model.safetensors, and under
+encoders/<modality> every encoder that has no name to fetch it by (a hub or `bundled:` name): one
+built from a config, or one read from a local folder or file, which is copied in once. Paths in
+config.json are relative to the folder, so it can be moved or copied to another machine whole.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import json
 import os
+import secrets
+import shutil
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from .config import EncoderConfig, HeadConfig, OneEncoderConfig
 from .encoders import EncoderOutput, FrozenEncoder, build_encoder
-from .files import atomic_write_text, atomic_write_with
+from .files import FILE_MODE, atomic_write_text, atomic_write_with
 from .fusion import TokenFusion
 from .heads import ModalityToken, ProjectionHead
 from .projection import UniversalProjection, masked_mean, normalize
@@ -25,10 +34,15 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 FORMAT = "oneencoder"
 FORMAT_VERSION = 1
-ENCODER_FOLDER = "encoders"  # where save_pretrained writes encoders that have no pretrained source
+ENCODER_FOLDER = "encoders"  # where save_pretrained writes encoders that have no name to fetch them by
+REEXPORT_HINT = "copy the whole folder again, or export the model again from its stage"
 
 ModalityInputs = dict[str, Tensor]
 """Per modality, either processor outputs for the encoder, or precomputed `features` + `mask`."""
+
+
+class ModelFolderError(ValueError):
+    """A saved model folder is incomplete or one of its files is damaged."""
 
 
 class OneEncoder(nn.Module):
@@ -133,8 +147,8 @@ class OneEncoder(nn.Module):
     # --- saving and loading -------------------------------------------------------------------------
 
     def save_pretrained(self, folder: str | os.PathLike[str]) -> None:
-        """Write config.json + model.safetensors; encoders built from a config (no pretrained source)
-        are written under encoders/<modality>/ so the folder alone rebuilds identical embeddings."""
+        """Write config.json + model.safetensors, and encoders/<modality> for each encoder without a
+        hub or `bundled:` name, so the folder alone, wherever it is moved, rebuilds identical embeddings."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         encoder_configs = {}
@@ -147,17 +161,27 @@ class OneEncoder(nn.Module):
         atomic_write_text(folder / CONFIG_NAME, json.dumps(payload, indent=2))
 
     def _saved_encoder_config(self, modality: str, config: EncoderConfig, folder: Path) -> EncoderConfig:
-        if config.pretrained is not None:
-            local = Path(config.pretrained)
-            source = str(local.resolve()) if local.exists() and not local.is_absolute() else config.pretrained
-            return dataclasses.replace(config, pretrained=source)
+        """The encoder's config as the folder records it: a name as it is, a local source as its
+        copy under encoders/<modality> (a path relative to the folder)."""
+        source = None if config.pretrained is None else Path(config.pretrained)
+        if source is not None and not source.exists():
+            return config  # a hub or `bundled:` name: wherever the folder goes, the name fetches it
         relative = f"{ENCODER_FOLDER}/{modality}"
+        if source is not None and source.is_file():
+            relative = f"{relative}/{source.name}"  # a weights file keeps its name (it may say the architecture)
         encoder = self.encoders[modality]
-        marker = folder / relative / "fingerprint.txt"
+        target = folder / ENCODER_FOLDER / modality
+        marker = folder / ENCODER_FOLDER / f"{modality}.fingerprint"
+        inside = source is not None and source.resolve().is_relative_to(target.resolve())
         # Frozen weights never change within a run: write them once, not at every improved epoch.
-        if not (marker.is_file() and marker.read_text() == encoder.fingerprint):
-            encoder.save_pretrained(str(folder / relative))
-            marker.write_text(encoder.fingerprint)
+        written = inside or (target.exists() and marker.is_file() and marker.read_text() == encoder.fingerprint)
+        if not written:
+            marker.unlink(missing_ok=True)
+            if source is None:
+                _replace_folder(target, lambda tmp: encoder.save_pretrained(str(tmp)))
+            else:
+                _replace_folder(target, lambda tmp: _copy_files(source, tmp))
+            atomic_write_text(marker, encoder.fingerprint)
         return dataclasses.replace(config, pretrained=relative, model_config=None, vocab=None)
 
     @classmethod
@@ -165,20 +189,77 @@ class OneEncoder(nn.Module):
         """Rebuild a model saved by `save_pretrained` (a stage's output folder); no pickles are read."""
         folder = Path(folder)
         config = read_config(folder)
-        for encoder_config in config.encoders.values():
-            if encoder_config.pretrained and (folder / encoder_config.pretrained).is_dir():
-                encoder_config.pretrained = str(folder / encoder_config.pretrained)
-        model = cls(config)
+        for modality, encoder_config in config.encoders.items():
+            encoder_config.pretrained = _local_source(folder, modality, encoder_config.pretrained)
         weights_path = folder / WEIGHTS_NAME
         if not weights_path.is_file():
             raise FileNotFoundError(f"{weights_path} is missing: the folder has a config but no weights")
-        missing, unexpected = model.load_state_dict(load_file(str(weights_path)), strict=False)
-        if missing or unexpected:
-            raise ValueError(
-                f"{weights_path} does not match its config.json: missing {missing[:5]}, unexpected"
-                f" {unexpected[:5]}. Was the folder written by another version or another stage?"
-            )
+        model = cls(config)
+        _load_weights(model, weights_path)
         return model.eval()
+
+
+def _replace_folder(target: Path, write: Callable[[Path], None]) -> None:
+    """`write(tmp)` fills a fresh folder beside `target`, which then takes its place."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
+    tmp.mkdir()  # ordinary permissions (tempfile.mkdtemp's are 0700)
+    try:
+        write(tmp)
+        for path in tmp.rglob("*"):
+            if path.is_file():  # transformers writes weights 0600, from a temporary file
+                path.chmod(FILE_MODE)
+        if target.exists():
+            old = target.with_name(f"{tmp.name}.old")
+            target.rename(old)
+            shutil.rmtree(old)
+        tmp.rename(target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _copy_files(source: Path, folder: Path) -> None:
+    """A local encoder (a folder, or one weights file) into `folder`."""
+    files = [source] if source.is_file() else sorted(p for p in source.rglob("*") if p.is_file())
+    for path in files:
+        copy = folder / (path.name if source.is_file() else path.relative_to(source))
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, copy)
+
+
+def _local_source(folder: Path, modality: str, pretrained: str | None) -> str | None:
+    """A `pretrained` that names a file of the folder, as a path that loads from anywhere; names to
+    fetch stay as they are. A missing encoders/<modality> means the folder was copied incompletely:
+    said here, rather than looked up on the Hugging Face Hub under that name."""
+    if pretrained is None:
+        return None
+    local = folder / pretrained
+    saved = pretrained == f"{ENCODER_FOLDER}/{modality}" or pretrained.startswith(f"{ENCODER_FOLDER}/{modality}/")
+    if (saved or Path(pretrained).is_absolute()) and not local.exists():
+        raise ModelFolderError(
+            f"{folder} is incomplete: its {modality} encoder should be at {local}, which does not exist;"
+            f" {REEXPORT_HINT}"
+        )
+    return str(local) if local.exists() else pretrained
+
+
+def _load_weights(model: OneEncoder, path: Path) -> None:
+    """model.safetensors into `model`; a damaged file or one made for another config is named."""
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError) as error:
+        raise ModelFolderError(f"{path} is not a readable safetensors file ({error}); {REEXPORT_HINT}") from None
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as error:  # tensors of the wrong shape
+        details = str(error).split(":", 1)[-1].strip().splitlines()[0]
+        raise ModelFolderError(f"{path} does not match its {CONFIG_NAME}: {details}; {REEXPORT_HINT}") from None
+    if missing or unexpected:
+        raise ModelFolderError(
+            f"{path} does not match its {CONFIG_NAME}: missing {missing[:5]}, unexpected {unexpected[:5]}."
+            " Was the folder written by another version or another stage?"
+        )
 
 
 def read_config(folder: Path) -> OneEncoderConfig:
@@ -188,10 +269,14 @@ def read_config(folder: Path) -> OneEncoderConfig:
             f"{path} not found: expected a OneEncoder folder (config.json + model.safetensors) as written"
             " by a stage's output or OneEncoder.save_pretrained"
         )
-    payload = json.loads(path.read_text())
-    if payload.get("format") != FORMAT:
+    try:
+        payload = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ModelFolderError(f"{path} is not valid JSON ({error}); {REEXPORT_HINT}") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
         raise ValueError(
-            f"{path} is not a OneEncoder config (format {payload.get('format')!r}, expected {FORMAT!r});"
+            f"{path} is not a OneEncoder config (format {found!r}, expected {FORMAT!r});"
             " point to the output folder of a oneencoder stage"
         )
     if payload.get("format_version", 0) > FORMAT_VERSION:
@@ -199,4 +284,7 @@ def read_config(folder: Path) -> OneEncoderConfig:
             f"{path} has format_version {payload['format_version']}; this oneencoder reads up to"
             f" {FORMAT_VERSION}: upgrade oneencoder"
         )
-    return OneEncoderConfig.from_dict(payload["model"])
+    try:
+        return OneEncoderConfig.from_dict(payload["model"])
+    except (KeyError, TypeError, ValueError, AttributeError) as error:
+        raise ModelFolderError(f"{path}: the model config is invalid ({type(error).__name__}: {error}); {REEXPORT_HINT}") from None
