@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import random
 from typing import Any, Callable, Mapping, Sequence
 
@@ -266,12 +267,19 @@ class ManifestDataModule(LightningDataModule):
             dataset,
             batch_size=self.batch_size if train else self.eval_batch_size,
             sampler=EpochSampler(len(records), self._epoch) if train else None,
-            drop_last=train and len(records) > self.batch_size,
+            drop_last=train and self._records_per_process(len(records)) > self.batch_size,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             collate_fn=PairCollator(preprocessors, self.modalities),
             generator=loader_generator(),
         )
+
+    def _records_per_process(self, count: int) -> int:
+        """How many of `count` records each process reads: under DDP Lightning shards the sampler to
+        ceil(count / world size) per process, so dropping a last partial batch is decided on that share
+        (on the whole split, a small one would leave every process with no batch at all)."""
+        world_size = self.trainer.world_size if self.trainer is not None else 1
+        return math.ceil(count / world_size)
 
     def _epoch(self) -> int:
         # Epochs processed so far, which is what Lightning gives samplers' set_epoch: a run resumed

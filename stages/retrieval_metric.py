@@ -16,7 +16,8 @@ class PairRetrieval(Metric):
     """Accumulates (embeddings, owners) of two modalities; `compute` ranks each against the other.
 
     Owners are (record index, row within record); rows repeated by a distributed sampler's padding
-    are dropped by owner before ranking.
+    are dropped by owner before ranking. Every process must update with every batch, an empty one
+    as (0, d) and (0, 2) tensors, so that the states it gathers have the same number of dimensions.
     """
 
     full_state_update = False
@@ -36,8 +37,12 @@ class PairRetrieval(Metric):
         self.owner_b.append(owner_b)
 
     def compute(self) -> dict[str, float]:
+        """Every metric, or none when no process kept a row (all records skipped): every process
+        holds the same gathered rows here, so all of them log the same names."""
         emb_a, owner_a = _unique_rows(_cat(self.emb_a), _cat(self.owner_a))
         emb_b, owner_b = _unique_rows(_cat(self.emb_b), _cat(self.owner_b))
+        if not len(emb_a) or not len(emb_b):
+            return {}
         return retrieval_metrics(emb_a, owner_a[:, 0], emb_b, owner_b[:, 0], self.names, self.ks)
 
 

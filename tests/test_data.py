@@ -1,7 +1,10 @@
 import json
+from types import SimpleNamespace
 
 import pytest
 from conftest import tiny_model_config
+from lightning.fabric.utilities.distributed import DistributedSamplerWrapper
+from torch.utils.data import DataLoader
 
 from datamodules import BadRecordError, ManifestDataModule, ManifestError, read_manifest, read_manifests
 from datamodules.shapes import write_shapes_dataset
@@ -105,3 +108,21 @@ def test_several_manifests_are_one_set_with_paths_from_each_ones_folder(tmp_path
     _rewrite(second, records[:1])
     with pytest.raises(ManifestError, match=r"id '.*' is also in .*a/manifest.jsonl:1"):
         read_manifests([first, second])
+
+
+def _batches_per_process(loader, world_size):
+    """What each process gets once Lightning shards the loader's sampler, as it does under DDP."""
+    return [
+        len(DataLoader(loader.dataset, batch_size=loader.batch_size, drop_last=loader.drop_last,
+                       sampler=DistributedSamplerWrapper(loader.sampler, num_replicas=world_size, rank=rank)))
+        for rank in range(world_size)
+    ]
+
+
+def test_last_partial_batch_is_dropped_by_each_process_share_not_by_the_split(small_set, encoders):
+    manifest, _ = small_set
+    data = ManifestDataModule(str(manifest), batch_size=64, num_workers=0, encoders=encoders)
+    data.setup("fit")  # 96 training records
+    assert len(data.train_dataloader()) == 1  # one process: the last 32 are dropped
+    data.trainer = SimpleNamespace(world_size=2)  # 48 records a process: fewer than a batch, all kept
+    assert _batches_per_process(data.train_dataloader(), 2) == [1, 1]

@@ -1,15 +1,17 @@
 """The UP stage end to end on the planted shapes set, trained once per module."""
 
 import json
+import math
 from functools import partial
 
 import pytest
 import torch
 from conftest import tiny_model_config
-from lightning.pytorch import Trainer, seed_everything
+from lightning.pytorch import Callback, Trainer, seed_everything
+from torch.utils.data import DataLoader
 
 from datamodules import ManifestDataModule, read_manifest
-from oneencoder import OneEncoder
+from oneencoder import ContrastiveLoss, OneEncoder
 from oneencoder.freezing import state_fingerprint
 from oneencoder.readers import ImageReader
 from oneencoder.retrieval import retrieval_metrics
@@ -84,3 +86,77 @@ def test_optimizer_holds_only_trainable_parameters(trained):
     model = trained["model"]
     assert held.isdisjoint(id(p) for e in model.encoders.values() for p in e.module.parameters())
     assert {id(p) for p in model.parameters() if p.requires_grad} <= held
+
+
+def _feature_batch(model, size=8, length=5, seed=0):
+    """Precomputed token features, as batches from a feature cache carry them."""
+    g = torch.Generator().manual_seed(seed)
+    inputs = {
+        m: {"features": torch.randn(size, length, model.encoders[m].dim, generator=g),
+            "mask": torch.ones(size, length, dtype=torch.bool)}
+        for m in ("image", "text")
+    }
+    owners = {m: torch.stack([torch.arange(size), torch.zeros(size, dtype=torch.long)], dim=1) for m in inputs}
+    return {"inputs": inputs, "owners": owners, "size": size, "num_skipped": 0}
+
+
+EMPTY_BATCH = {"inputs": {}, "owners": {}, "size": 0, "num_skipped": 8}  # every record skipped
+
+
+def test_a_batch_with_every_record_skipped_still_gives_a_loss_tied_to_every_trainable_parameter():
+    stage = UPStage(OneEncoder(tiny_model_config()), loss=ContrastiveLoss.clip())
+    loss = stage.training_step(EMPTY_BATCH, 0)
+    assert loss == 0
+    loss.backward()  # under DDP, backward on every process is what DDP's gradient sync waits for
+    trainable = [p for p in stage.parameters() if p.requires_grad]
+    assert trainable and all(p.grad is not None and not p.grad.any() for p in trainable)
+
+
+def test_evaluation_counts_an_empty_batch_and_logs_nothing_when_no_row_was_kept():
+    model = OneEncoder(tiny_model_config())
+    stage = UPStage(model)
+    stage.eval()
+    with torch.no_grad():
+        stage.validation_step(EMPTY_BATCH, 0)
+        assert stage.val_retrieval.compute() == {}
+        stage.validation_step(_feature_batch(model), 1)
+    assert set(stage.val_retrieval.compute()) >= {"image->text/R@1", "text->image/R@1"}
+
+
+class _ScaleAtEachStep(Callback):
+    def __init__(self):
+        self.seen = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.seen.append(pl_module.loss.log_logit_scale.item())
+
+
+def test_logit_scale_parameter_never_passes_its_cap_after_large_steps():
+    model = OneEncoder(tiny_model_config()).requires_grad_(False)  # only the scale trains
+    stage = UPStage(model, loss=ContrastiveLoss.clip(),
+                    optimizer=partial(torch.optim.SGD, lr=100.0, maximize=True))
+    # Gradient ascent on random pairs: a larger scale only raises their loss, so every step pushes the
+    # scale far past the cap.
+    batches = [_feature_batch(model, seed=i) for i in range(4)]
+    watch = _ScaleAtEachStep()
+    trainer = Trainer(max_steps=4, accelerator="cpu", logger=False, enable_checkpointing=False,
+                      enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+                      callbacks=[watch])
+    trainer.fit(stage, train_dataloaders=DataLoader(batches, batch_size=None))
+    after_steps = [*watch.seen[1:], stage.loss.log_logit_scale.item()]
+    assert after_steps == pytest.approx([math.log(100.0)] * 4)  # pushed past the cap, put back on it
+
+
+def test_biases_norms_tokens_and_the_logit_scale_are_not_decayed():
+    stage = UPStage(OneEncoder(tiny_model_config()), loss=ContrastiveLoss.clip(),
+                    optimizer=partial(torch.optim.AdamW, lr=1e-3, weight_decay=0.1))
+    groups = stage.configure_optimizers().param_groups
+    names = {id(p): n for n, p in stage.named_parameters()}
+    decayed = {names[id(p)] for g in groups if g["weight_decay"] == 0.1 for p in g["params"]}
+    exempt = {names[id(p)] for g in groups if g["weight_decay"] == 0.0 for p in g["params"]}
+    assert decayed | exempt == {n for n, p in stage.named_parameters() if p.requires_grad}
+    assert "loss.log_logit_scale" in exempt and "model.up.norm.weight" in exempt
+    assert {n for n in exempt if n.endswith(".bias")} == {n for n in names.values() if n.endswith(".bias")}
+    assert "model.tokens.image.vectors" in exempt
+    assert "model.heads.image.net.0.weight" in decayed
+    assert all(stage.get_parameter(n).ndim == 2 for n in decayed)
