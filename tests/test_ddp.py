@@ -62,6 +62,6 @@ def test_ddp_fit_with_skipped_records_and_empty_batches_finishes_and_exports(sha
         "--trainer.callbacks", "[]", "--trainer.callbacks+=stages.ExportPretrained",
     ], cwd=tmp_path, timeout=240)
     metrics = json.loads((out / "metrics.json").read_text())["metrics"]
-    assert metrics["data/skipped"] == TRAIN_CORRUPT  # summed over both processes, in the epoch exported
+    assert metrics["data/skipped"] == TRAIN_CORRUPT  # one epoch's count, summed over both processes
     assert math.isfinite(metrics["val/loss"]) and "val/text->image/R@1" in metrics
     assert (out / "model.safetensors").is_file()
