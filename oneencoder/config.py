@@ -92,7 +92,9 @@ class OneEncoderConfig:
     up_dropout: float = 0.1
 
     def __post_init__(self) -> None:
-        self.encoders = {name: from_fields(EncoderConfig, cfg, f"encoders.{name}") for name, cfg in self.encoders.items()}
+        self.encoders = {
+            name: from_fields(EncoderConfig, cfg, f"encoders.{name}") for name, cfg in self.encoders.items()
+        }
         self.heads = {name: from_fields(HeadConfig, cfg, f"heads.{name}") for name, cfg in self.heads.items()}
         strays = sorted(set(self.heads) - set(self.encoders))
         if strays:

@@ -287,4 +287,6 @@ def read_config(folder: Path) -> OneEncoderConfig:
     try:
         return OneEncoderConfig.from_dict(payload["model"])
     except (KeyError, TypeError, ValueError, AttributeError) as error:
-        raise ModelFolderError(f"{path}: the model config is invalid ({type(error).__name__}: {error}); {REEXPORT_HINT}") from None
+        raise ModelFolderError(
+            f"{path}: the model config is invalid ({type(error).__name__}: {error}); {REEXPORT_HINT}"
+        ) from None

@@ -87,9 +87,9 @@ class ImageReader:
         width, height = size
         if self.max_pixels is not None and width * height > self.max_pixels:
             raise ImageTooLargeError(
-                f"image {path} is {width}x{height} = {width * height / 1e6:.1f} megapixels, more than"
-                f" max_pixels = {self.max_pixels / 1e6:g} MP ({3 * width * height / 1e9:.1f} GB decoded):"
-                " downscale it, or raise the data module's `max_image_pixels`"
+                f"image {path} is {width}x{height} = {width * height:,} pixels ({3 * width * height / 1e6:,.0f} MB"
+                f" decoded), more than max_pixels = {self.max_pixels:,}: downscale it, or raise"
+                " `max_image_pixels` (data module, `oneencoder evaluate`)"
             )
 
 

@@ -29,7 +29,8 @@ def test_a_byte_that_is_not_utf8_names_the_line(tmp_path):
 def test_a_media_field_that_is_not_a_path_is_a_bad_record_naming_the_line(tmp_path, value):
     path = _write(tmp_path, GOOD, {"id": "b", "split": "train", "text": "a dog", "image": value})
     record = read_manifest(path)[1]
-    with pytest.raises(BadRecordError, match=rf"{path}:2 \(id 'b'\): `image` must be a file path .*got {re.escape(json.dumps(value))}"):
+    expected = rf"{path}:2 \(id 'b'\): `image` must be a file path .*got {re.escape(json.dumps(value))}"
+    with pytest.raises(BadRecordError, match=expected):
         record.check(("image", "text"))
 
 

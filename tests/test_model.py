@@ -13,6 +13,7 @@ from oneencoder.encoders import build_encoder
 from oneencoder.freezing import state_fingerprint
 from oneencoder.model import ModelFolderError
 from oneencoder.readers import ImageReader
+from stages.cli import main
 
 CAPTIONS = ["a red circle", "the blue square is in the bottom right and sits in the top left"]
 
@@ -84,7 +85,8 @@ def test_an_exported_folder_loads_after_its_sources_are_gone_and_it_is_moved(tin
 def test_a_local_encoder_folder_is_copied_in_with_its_fingerprint(tmp_path):
     source = tmp_path / "my-bert"
     build_encoder(tiny_encoder("text")).save_pretrained(str(source))
-    config = OneEncoderConfig(encoders={"text": EncoderConfig(kind="text", pretrained=str(source))}, embed_dim=32, up_heads=2)
+    encoders = {"text": EncoderConfig(kind="text", pretrained=str(source))}
+    config = OneEncoderConfig(encoders=encoders, embed_dim=32, up_heads=2)
     model = OneEncoder(config)
     model.save_pretrained(tmp_path / "model")
     saved = json.loads((tmp_path / "model" / "config.json").read_text())["model"]["encoders"]["text"]
@@ -105,8 +107,16 @@ def test_an_exported_folder_is_readable_by_others(exported):
 
 def test_a_folder_without_its_encoders_says_it_is_incomplete(exported):
     shutil.rmtree(exported / "encoders")
-    with pytest.raises(ModelFolderError, match=rf"{exported} is incomplete: its image encoder should be at .*encoders/image"):
+    expected = rf"{exported} is incomplete: its image encoder should be at .*encoders/image,"
+    with pytest.raises(ModelFolderError, match=expected):
         OneEncoder.from_pretrained(exported)
+
+
+def test_oneencoder_evaluate_reports_an_incomplete_folder_in_one_line(exported, shapes_manifest):
+    shutil.rmtree(exported / "encoders" / "text")
+    with pytest.raises(SystemExit) as exited:
+        main(["evaluate", str(exported), str(shapes_manifest), "--modalities", "[image]"])
+    assert str(exited.value.code).startswith(f"oneencoder evaluate: {exported} is incomplete: its text encoder")
 
 
 def test_damaged_or_misshaped_weights_name_the_file(exported):

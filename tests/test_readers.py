@@ -29,6 +29,7 @@ from datamodules.pairs import PairDataset
 from datamodules.shapes import write_shapes_dataset, write_video
 from oneencoder.encoders import build_encoder
 from oneencoder.readers import ImageTooLargeError, frame_indices
+from stages.cli import main
 
 RATE = 16000
 
@@ -254,7 +255,7 @@ def _png_header(width, height):
 def test_an_image_whose_header_claims_too_many_pixels_is_refused_before_decoding(tmp_path, side):
     path = tmp_path / "bomb.png"
     path.write_bytes(_png_header(side, side))
-    with pytest.raises(ImageTooLargeError, match=rf"image {path} .*(too large|more than max_pixels = 50 MP)"):
+    with pytest.raises(ImageTooLargeError, match=rf"image {path} .*(too large|more than max_pixels = 50,000,000: downscale)"):
         ImageReader()(path)
 
 
@@ -262,7 +263,7 @@ def test_max_pixels_is_the_image_limit(tmp_path):
     path = tmp_path / "small.png"
     Image.new("RGB", (40, 30)).save(path)
     assert ImageReader(max_pixels=1200)(path).size == (40, 30)
-    with pytest.raises(ImageTooLargeError, match=r"40x30 = 0.0 megapixels, more than max_pixels .*max_image_pixels"):
+    with pytest.raises(ImageTooLargeError, match=r"40x30 = 1,200 pixels \(0 MB decoded\), more than max_pixels = 1,199"):
         ImageReader(max_pixels=1199)(path)
     assert ImageReader(max_pixels=None)(path).size == (40, 30)
 
@@ -290,7 +291,8 @@ def test_a_wav_cut_short_is_refused_but_a_streamed_one_reads_whole(tmp_path):
 def test_a_decompression_bomb_names_the_manifest_line_or_is_counted_when_skipped(media_set):
     manifest, records = media_set
     (manifest.parent / records[0]["image"]).write_bytes(_png_header(30000, 30000))
-    with pytest.raises(BadRecordError, match=r"manifest.jsonl:1 \(id 'red-circle-top-left-train0'\): image .* too large"):
+    where = r"manifest.jsonl:1 \(id 'red-circle-top-left-train0'\)"
+    with pytest.raises(BadRecordError, match=rf"{where}: image .* too large"):
         for _ in _data(manifest, "image").train_dataloader():
             pass
     batches = list(_data(manifest, "image", skip_bad_records=True).train_dataloader())
@@ -302,3 +304,12 @@ def test_the_data_modules_image_limit_reaches_the_reader(media_set):
     side = Image.open(manifest.parent / records[0]["image"]).width
     batches = list(_data(manifest, "image", skip_bad_records=True, max_image_pixels=side * side - 1).train_dataloader())
     assert sum(b["num_skipped"] for b in batches) == sum(r["split"] == "train" for r in records)
+
+
+def test_the_image_limit_reaches_oneencoder_evaluate(media_set, tiny_model, tmp_path):
+    manifest, _ = media_set
+    tiny_model.save_pretrained(tmp_path / "model")
+    words = ["evaluate", tmp_path / "model", manifest, "--skip_bad_records", "true", "--max_image_pixels", "1"]
+    with pytest.raises(SystemExit) as exited:
+        main([str(word) for word in words])
+    assert str(exited.value.code).startswith("oneencoder evaluate: none of the 96 records' image items could be read")
