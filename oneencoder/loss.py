@@ -94,7 +94,8 @@ class ContrastiveLoss(nn.Module):
         logits = scale * all_a @ all_b.T
         if sum(sizes) == 0:
             zero = logits.sum()  # 0, with a graph through the scale, `a` and `b` for backward
-            return {"loss": zero, "loss_a_to_b": zero.detach(), "loss_b_to_a": zero.detach(), "logit_scale": scale.detach()}
+            detached = zero.detach()
+            return {"loss": zero, "loss_a_to_b": detached, "loss_b_to_a": detached, "logit_scale": scale.detach()}
         targets = torch.arange(logits.shape[0], device=logits.device)
         a_to_b = F.cross_entropy(logits, targets)
         b_to_a = F.cross_entropy(logits.T, targets)
