@@ -17,11 +17,11 @@ def from_fields(cls: type[Config], data: Any, where: str) -> Config:
         return data
     if not isinstance(data, dict):
         raise ValueError(f"{where} must be a mapping of {cls.__name__} fields (got {type(data).__name__})")
-    fields = dataclasses.fields(cls)  # type: ignore[arg-type]
+    fields = dataclasses.fields(cls)
     known = {f.name for f in fields}
     required = {f.name for f in fields if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
-    problems = [f"{what} {keys}" for what, keys in (("unknown keys", sorted(set(data) - known)),
-                                                   ("missing required keys", sorted(required - set(data)))) if keys]
+    unknown, missing = sorted(set(data) - known), sorted(required - set(data))
+    problems = ([f"unknown keys {unknown}"] if unknown else []) + ([f"missing required keys {missing}"] if missing else [])
     if problems:
         raise ValueError(f"{where}: {cls.__name__} has {' and '.join(problems)}; valid keys: {sorted(known)}")
     return cls(**data)
