@@ -1,17 +1,12 @@
-"""LightningDataModules and readers; every source produces the same batch format from a manifest."""
+"""LightningDataModules and readers; every source produces the same batch format from a manifest.
+Loaded on first use: the dataset converters need neither torch nor Lightning."""
 
-from oneencoder.readers import (
-    AudioReader,
-    ImageReader,
-    MediaError,
-    VideoReader,
-    build_reader,
-)
+from oneencoder.lazy import lazy_exports
 
-from .manifest import BadRecordError, ManifestError, Record, read_manifest, read_manifests
-from .pairs import ManifestDataModule
-
-__all__ = [
-    "AudioReader", "BadRecordError", "ImageReader", "ManifestDataModule", "ManifestError", "MediaError", "Record",
-    "VideoReader", "build_reader", "read_manifest", "read_manifests",
-]
+_EXPORTS = {
+    **{name: "oneencoder.readers" for name in ("AudioReader", "ImageReader", "MediaError", "VideoReader", "build_reader")},
+    **{name: ".manifest" for name in ("BadRecordError", "ManifestError", "Record", "read_manifest", "read_manifests")},
+    "ManifestDataModule": ".pairs",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__ = lazy_exports(__name__, _EXPORTS)

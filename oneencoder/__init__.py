@@ -1,8 +1,9 @@
 """oneencoder: align many modalities into one embedding space with frozen encoders and small
 trainable projections (OneEncoder, OneLLM, unified discrete representations)."""
 
-from .config import EncoderConfig, HeadConfig, OneEncoderConfig
-from .loss import ContrastiveLoss
-from .model import OneEncoder
+from .lazy import lazy_exports
 
-__all__ = ["ContrastiveLoss", "EncoderConfig", "HeadConfig", "OneEncoder", "OneEncoderConfig"]
+_EXPORTS = {"ContrastiveLoss": ".loss", "EncoderConfig": ".config", "HeadConfig": ".config",
+            "OneEncoder": ".model", "OneEncoderConfig": ".config"}
+__all__ = sorted(_EXPORTS)
+__getattr__ = lazy_exports(__name__, _EXPORTS)  # torch loads with the first of these, not with oneencoder.files

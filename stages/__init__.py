@@ -1,8 +1,8 @@
-"""Progressive training stages, one LightningModule each."""
+"""Progressive training stages, one LightningModule each (loaded on first use: `oneencoder data` and
+`oneencoder evaluate` never import Lightning)."""
 
-from .align import AlignStage
-from .export import ExportPretrained
-from .pair_stage import PairStage
-from .up import UPStage
+from oneencoder.lazy import lazy_exports
 
-__all__ = ["AlignStage", "ExportPretrained", "PairStage", "UPStage"]
+_EXPORTS = {"AlignStage": ".align", "ExportPretrained": ".export", "PairStage": ".pair_stage", "UPStage": ".up"}
+__all__ = sorted(_EXPORTS)
+__getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -1,31 +1,87 @@
 """The `oneencoder` command: LightningCLI's fit / validate / test / predict for every stage, plus
 `oneencoder data ...` to build data sets, `oneencoder cache` to encode a stage's data once,
-`oneencoder pipeline` to chain stages and `oneencoder evaluate` for retrieval between all modalities."""
+`oneencoder pipeline` to chain stages and `oneencoder evaluate` for retrieval between all modalities.
+
+A user's mistake (a path that is not there, a malformed manifest or config, a dataset not laid out as
+its converter expects, a stale feature cache) ends any command with one line on stderr,
+`oneencoder <command>: <message>`, and exit status 1; ONEENCODER_DEBUG=1 shows its traceback. Any other
+exception is a bug and keeps its traceback. Each command imports only what it runs: Lightning (seconds
+and most of a gigabyte) loads only for fit / validate / test / predict and cache.
+"""
 
 from __future__ import annotations
 
+import os
 import sys
+import traceback
 import warnings
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
-from jsonargparse import ArgumentParser
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from jsonargparse import ArgumentParser, Namespace
+
+DEBUG_VARIABLE = "ONEENCODER_DEBUG"
+PROJECT = Path(__file__).resolve().parents[1]
+PACKAGES = ("oneencoder", "datamodules", "stages")
+# Exceptions that mean the input is wrong, by the module defining them. They are looked up only in
+# modules already imported (a module never imported cannot have raised), so listing them imports nothing.
+USER_ERRORS: dict[str, tuple[str, ...]] = {
+    "datamodules.manifest": ("ManifestError", "BadRecordError"),
+    "datamodules.converters.base": ("ConversionError",),
+    "datamodules.feature_cache": ("StaleCacheError",),
+    "datamodules.openmoji": ("OpenMojiError",),
+    "oneencoder.readers": ("MediaError",),
+    "oneencoder.model": ("ModelFolderError",),
+    "oneencoder.encoders.bundled": ("BundledModelError",),
+    "oneencoder.encoders.transformers_backend": ("EncoderLoadError",),
+    "stages.pipeline": ("PipelineError",),
+}
+# Paths come from the user (arguments, configs, manifests): one that is missing or unusable is theirs to fix.
+PATH_ERRORS = (FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError, PermissionError)
 
 
-class OneEncoderCLI(LightningCLI):
-    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        # The data module preprocesses with the encoders' weight-free preprocessors in its workers, or
-        # builds and checks the feature cache with them; their weights load only if something runs them.
-        parser.link_arguments("model.encoders", "data.init_args.encoders", apply_on="instantiate")
+def is_user_mistake(error: BaseException) -> bool:
+    """A listed error, a path error, or a ValueError that this project's own code raised: its checks of
+    configs, arguments and data say what is wrong and how to fix it. A ValueError raised inside a
+    library (torch, numpy) is a bug."""
+    listed = tuple(getattr(sys.modules[module], name)
+                   for module, names in USER_ERRORS.items() if module in sys.modules for name in names)
+    if isinstance(error, listed + PATH_ERRORS):
+        return True
+    return isinstance(error, ValueError) and _raised_by_project(error)
 
 
-def data_command(argv: Sequence[str]) -> None:
-    import logging
+def _raised_by_project(error: BaseException) -> bool:
+    """Whether the innermost frame of the error's traceback is in this project's packages."""
+    frames = traceback.extract_tb(error.__traceback__)
+    if not frames:
+        return False
+    where = Path(frames[-1].filename).resolve()
+    return any(where.is_relative_to(PROJECT / package) for package in PACKAGES)
 
-    from datamodules.converters import SOURCES, ConversionError, converter
-    from datamodules.openmoji import VIDEO_PER_SPLIT, build_openmoji, count_records
-    from datamodules.shapes import write_shapes_dataset
+
+def command_name(words: Sequence[str]) -> str:
+    """`oneencoder fit`, `oneencoder data convert`, ...: what an error line starts with."""
+    named = [word for word in words[:2] if not word.startswith("-")]
+    return " ".join(["oneencoder", *named[: 2 if named[:1] == ["data"] else 1]])
+
+
+def report_mistakes(command: str, run: Callable[[], None]) -> None:
+    """Run a command; a user's mistake exits with `<command>: <message>` on one line instead of a
+    traceback, unless ONEENCODER_DEBUG is set (to anything but 0)."""
+    try:
+        run()
+    except Exception as error:
+        if os.environ.get(DEBUG_VARIABLE, "0") not in ("", "0") or not is_user_mistake(error):
+            raise
+        message = " ".join(str(error).split()) or type(error).__name__
+        sys.exit(f"{command}: {message}")
+
+
+def data_parser() -> ArgumentParser:
+    """`oneencoder data shapes | openmoji | convert`; what each builds is imported only when it runs."""
+    from datamodules.converters import SOURCES
+    from datamodules.manifest import SPLITS
 
     parser = ArgumentParser(prog="oneencoder data", description="Build data sets in the manifest format.")
     commands = parser.add_subcommands()
@@ -50,8 +106,9 @@ def data_command(argv: Sequence[str]) -> None:
     openmoji.add_argument("--size", type=int, default=224, help="image and video side in pixels (even)")
     openmoji.add_argument("--frames", type=int, default=8, help="frames per clip")
     openmoji.add_argument("--limit", type=Optional[int], default=None, help="keep only this many emoji (quick runs)")
-    for split, count in VIDEO_PER_SPLIT.items():
-        openmoji.add_argument(f"--video_{split}", type=int, default=count, help=f"clips for {split} emoji")
+    for split in SPLITS:  # the defaults live in datamodules.openmoji, which imports torch
+        openmoji.add_argument(f"--video_{split}", type=Optional[int], default=None,
+                              help=f"clips for {split} emoji (default: VIDEO_PER_SPLIT in datamodules/openmoji.py)")
     openmoji.add_argument("--workers", type=int, default=2, help="parallel tool calls")
     commands.add_subcommand("openmoji", openmoji)
     convert = ArgumentParser(description="Convert a public dataset's own layout to a manifest, keeping its splits.")
@@ -59,32 +116,54 @@ def data_command(argv: Sequence[str]) -> None:
     convert.add_argument("root", help="the dataset's top folder as distributed")
     convert.add_argument("out", help="the manifest to write (media paths are stored relative to its folder)")
     commands.add_subcommand("convert", convert)
-    args = parser.parse_args(list(argv))
-    if args.subcommand == "shapes":
-        options = args.shapes
-        manifest = write_shapes_dataset(options.root, options.train_per_combo, options.size, options.seed)
-        print(f"wrote {manifest}")
-    elif args.subcommand == "convert":
-        options = args.convert
-        try:
-            print(converter(options.source)(Path(options.root), Path(options.out)).summary())
-        except ConversionError as error:
-            sys.exit(f"oneencoder data convert {options.source}: {error}")
-    elif args.subcommand == "openmoji":
-        logging.basicConfig(level=logging.INFO, format="%(message)s")  # what was kept, skipped, written
-        options = args.openmoji
-        clips = {split: options[f"video_{split}"] for split in VIDEO_PER_SPLIT}
-        manifest = build_openmoji(options.root, options.package, seed=options.seed, size=options.size,
-                                  video_per_split=clips, frames=options.frames, limit=options.limit,
-                                  workers=options.workers)
-        print(f"wrote {manifest}")
-        for split, counts in count_records(manifest).items():
-            print(f"{split}: {counts['emoji']} emoji, {counts['clips']} clips")
+    return parser
+
+
+def data_command(argv: Sequence[str]) -> None:
+    args = data_parser().parse_args(list(argv))
+    {"shapes": _shapes, "openmoji": _openmoji, "convert": _convert}[args.subcommand](args[args.subcommand])
+
+
+def _shapes(options: Namespace) -> None:
+    from datamodules.shapes import write_shapes_dataset
+
+    print(f"wrote {write_shapes_dataset(options.root, options.train_per_combo, options.size, options.seed)}")
+
+
+def _openmoji(options: Namespace) -> None:
+    import logging
+
+    from datamodules.openmoji import VIDEO_PER_SPLIT, build_openmoji, count_records
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")  # what was kept, skipped, written
+    clips = {split: options[f"video_{split}"] for split in VIDEO_PER_SPLIT}
+    clips = {split: VIDEO_PER_SPLIT[split] if count is None else count for split, count in clips.items()}
+    manifest = build_openmoji(options.root, options.package, seed=options.seed, size=options.size,
+                              video_per_split=clips, frames=options.frames, limit=options.limit,
+                              workers=options.workers)
+    print(f"wrote {manifest}")
+    for split, counts in count_records(manifest).items():
+        print(f"{split}: {counts['emoji']} emoji, {counts['clips']} clips")
+
+
+def _convert(options: Namespace) -> None:
+    from datamodules.converters import converter
+
+    print(converter(options.source)(Path(options.root), Path(options.out)).summary())
 
 
 def cache_command(argv: Sequence[str]) -> None:
-    """`oneencoder cache [--overwrite] --config STAGE.yaml [overrides]`: build the stage's feature cache."""
+    """`oneencoder cache [--overwrite] --config STAGE.yaml [overrides]`: build the stage's feature cache.
+
+    Builds it, finishes an interrupted build, or encodes again only the shards holding changed files
+    or new records; a complete, current cache is left as it is. A cache made differently (another
+    encoder, preprocessing, dtype, video backend or cache format) is refused, since none of its shards
+    can serve the config: `--overwrite` deletes such a cache and builds it anew, and changes nothing
+    else. One build per folder at a time: a second one waits for the first, then finds the cache done.
+    """
     import torch
+
+    from .lightning_cli import OneEncoderCLI
 
     words = list(argv)
     overwrite = "--overwrite" in words
@@ -116,6 +195,8 @@ def pipeline_command(argv: Sequence[str]) -> None:
 
 
 def evaluate_command(argv: Sequence[str]) -> None:
+    from oneencoder.readers import DEFAULT_MAX_PIXELS
+
     from .evaluate import evaluate_folder
 
     parser = ArgumentParser(
@@ -135,14 +216,33 @@ def evaluate_command(argv: Sequence[str]) -> None:
                         help="zero-shot prompts, {} where the class name goes, averaged per class")
     parser.add_argument("--classes", type=Optional[list[str]], default=None,
                         help="zero-shot class names (default: the split's labels)")
+    parser.add_argument("--skip_bad_records", type=bool, default=False,
+                        help="leave out records whose media file is missing or does not decode (logged), instead of failing")
+    parser.add_argument("--max_image_pixels", type=Optional[int], default=DEFAULT_MAX_PIXELS,
+                        help="images with more pixels are bad records (decompression bombs); null: no limit")
     parser.add_argument("--output", default=None, help="folder for results.json and results.md")
     args = parser.parse_args(list(argv))
+    if args.output and Path(args.output).exists() and not Path(args.output).is_dir():
+        raise ValueError(f"--output {args.output} is a file; give a folder for results.json and results.md")
     evaluation = evaluate_folder(args.model, args.manifest, args.split, modalities=args.modalities, ks=args.ks,
                                  batch_size=args.batch_size, num_workers=args.num_workers,
-                                 video_backend=args.video_backend, templates=args.templates, classes=args.classes)
+                                 video_backend=args.video_backend, templates=args.templates, classes=args.classes,
+                                 skip_bad_records=args.skip_bad_records, max_image_pixels=args.max_image_pixels)
     if args.output:
         evaluation.write(args.output)
     print(evaluation.markdown())
+
+
+def lightning_command(argv: Sequence[str] | None) -> None:
+    """fit / validate / test / predict: LightningCLI, reading sys.argv when `argv` is None."""
+    from .lightning_cli import OneEncoderCLI
+
+    OneEncoderCLI(
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        save_config_kwargs={"overwrite": True},
+        args=None if argv is None else list(argv),
+    )
 
 
 TOOL_COMMANDS = {"data": data_command, "cache": cache_command, "pipeline": pipeline_command, "evaluate": evaluate_command}
@@ -153,14 +253,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
     words = list(sys.argv[1:] if argv is None else argv)
     if words and words[0] in TOOL_COMMANDS:
-        TOOL_COMMANDS[words[0]](words[1:])
-        return
-    OneEncoderCLI(
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        save_config_kwargs={"overwrite": True},
-        args=None if argv is None else words,
-    )
+        report_mistakes(command_name(words), lambda: TOOL_COMMANDS[words[0]](words[1:]))
+    else:
+        report_mistakes(command_name(words), lambda: lightning_command(argv))
 
 
 if __name__ == "__main__":

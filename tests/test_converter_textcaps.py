@@ -79,3 +79,13 @@ def test_errors_name_the_file_and_key(tmp_path):
     (tmp_path / "TextCaps_0.1_train.json").write_text("{not json")
     with pytest.raises(ConversionError, match="TextCaps_0.1_train.json: not valid JSON"):
         converter("textcaps")(tmp_path, tmp_path / "out.jsonl")
+
+
+def test_a_doubled_image_folder_is_found_and_no_image_at_all_is_an_error(tmp_path):
+    write_split(tmp_path, "val", [entry("003a8ae2ef43b901", "val", 6, "A clock that reads 10:10.")])
+    (tmp_path / "train_images").mkdir()
+    with pytest.raises(ConversionError, match=r"no record .*1 image file missing.*<image_id>.jpg in .*train_images"):
+        converter("textcaps")(tmp_path, tmp_path / "out.jsonl")
+    image = write_jpeg(tmp_path / "train_images" / "train_images" / "003a8ae2ef43b901.jpg")
+    converter("textcaps")(tmp_path, tmp_path / "out.jsonl")
+    assert read_manifest(tmp_path / "out.jsonl")[0].path("image").resolve() == image.resolve()
