@@ -24,6 +24,7 @@ from datamodules import (
     VideoReader,
     build_reader,
 )
+from datamodules.feature_cache import FeatureCache
 from datamodules.manifest import read_manifest
 from datamodules.pairs import PairDataset
 from datamodules.shapes import write_shapes_dataset, write_video
@@ -313,3 +314,12 @@ def test_the_image_limit_reaches_oneencoder_evaluate(media_set, tiny_model, tmp_
     with pytest.raises(SystemExit) as exited:
         main([str(word) for word in words])
     assert str(exited.value.code).startswith("oneencoder evaluate: none of the 96 records' image items could be read")
+
+
+def test_the_image_limit_reaches_the_feature_cache_build(media_set, tmp_path):
+    manifest, records = media_set
+    encoders = {"image": build_encoder(tiny_encoder("image")), "text": build_encoder(tiny_encoder("text"))}
+    data = ManifestDataModule(str(manifest), ("image", "text"), num_workers=0, encoders=encoders, skip_bad_records=True,
+                              feature_cache=str(tmp_path / "cache"), max_image_pixels=1)
+    data.build_feature_cache()
+    assert len(FeatureCache(str(tmp_path / "cache" / "image")).skipped) == len(records)
