@@ -32,9 +32,11 @@ USER_ERRORS: dict[str, tuple[str, ...]] = {
     "datamodules.openmoji": ("OpenMojiError",),
     "oneencoder.readers": ("MediaError",),
     "oneencoder.model": ("ModelFolderError",),
+    "oneencoder.retrieval": ("NonFiniteEmbeddingError",),
     "oneencoder.encoders.bundled": ("BundledModelError",),
     "oneencoder.encoders.transformers_backend": ("EncoderLoadError",),
     "stages.pipeline": ("PipelineError",),
+    "yaml": ("YAMLError",),  # every YAML read is a config the user wrote
 }
 # Paths come from the user (arguments, configs, manifests): one that is missing or unusable is theirs to fix.
 PATH_ERRORS = (FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError, PermissionError)

@@ -1,5 +1,6 @@
 """The `oneencoder` command as a user runs it, in subprocesses (as DDP needs)."""
 
+import importlib
 import json
 import os
 import subprocess
@@ -11,7 +12,7 @@ import yaml
 
 from datamodules.converters import converter
 from oneencoder import OneEncoder, OneEncoderConfig
-from stages.cli import DEBUG_VARIABLE, is_user_mistake, main, report_mistakes
+from stages.cli import DEBUG_VARIABLE, USER_ERRORS, is_user_mistake, main, report_mistakes
 from stages.evaluate import evaluate_folder
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -117,10 +118,17 @@ def test_project_checks_are_user_mistakes_and_library_errors_stay_bugs(tmp_path)
     assert is_user_mistake(error_of(lambda: OneEncoderConfig(encoders={})))  # a config check of this project
     assert is_user_mistake(error_of(lambda: open(tmp_path / "absent.yaml")))
     assert is_user_mistake(error_of(lambda: converter("esc50")(tmp_path, tmp_path)))  # a ConversionError
+    assert is_user_mistake(error_of(lambda: yaml.safe_load("stages: [")))  # a config that is not YAML
     assert not is_user_mistake(error_of(lambda: json.loads("{")))  # a ValueError raised inside a library
     assert not is_user_mistake(error_of(lambda: {}["key"]))
     with pytest.raises(KeyError):
         report_mistakes("oneencoder data convert", lambda: {}["key"])
+
+
+def test_every_listed_user_error_names_an_exception_class():
+    for module, names in USER_ERRORS.items():
+        for name in names:
+            assert issubclass(getattr(importlib.import_module(module), name), Exception), f"{module}.{name}"
 
 
 def test_evaluate_checks_the_manifest_and_its_files_before_loading_the_model(tiny_model, shapes_manifest, tmp_path,
