@@ -19,11 +19,11 @@ from torch.nn.functional import normalize
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from datamodules.manifest import Record, read_manifest
-from datamodules.pairs import PairCollator, PairDataset
+from datamodules.manifest import BadRecordError, Record, read_manifest
 from oneencoder import OneEncoder
+from oneencoder.model import read_config
 from oneencoder.files import atomic_write_text
-from oneencoder.readers import build_reader
+from oneencoder.readers import DEFAULT_MAX_PIXELS, build_reader
 from oneencoder.retrieval import chance_levels, check_finite, first_relevant_ranks, recall_at_k
 
 
@@ -155,19 +155,30 @@ def embed_records(
     batch_size: int = 64,
     num_workers: int = 0,
     video_backend: str = "decord",
+    skip_bad_records: bool = False,
+    max_image_pixels: int | None = DEFAULT_MAX_PIXELS,
 ) -> Embedded:
-    """Every item of `modality` in `records` (all captions for text), read, encoded and projected."""
+    """Every item of `modality` in `records` (all captions for text), read, encoded and projected;
+    with `skip_bad_records`, items that cannot be read are left out (and logged) instead of failing."""
+    from datamodules.pairs import PairCollator, PairDataset  # imports Lightning: only once there is work to do
+
     encoder = model.encoders[modality]
-    readers = {} if modality == "text" else {modality: build_reader(modality, encoder.preprocessor, video_backend)}
-    dataset = PairDataset(list(records), (modality,), skip_bad_records=False, readers=readers)
+    readers = {} if modality == "text" else {
+        modality: build_reader(modality, encoder.preprocessor, video_backend, max_image_pixels)
+    }
+    dataset = PairDataset(list(records), (modality,), skip_bad_records=skip_bad_records, readers=readers)
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers,
                         collate_fn=PairCollator({modality: encoder.preprocessor}, (modality,)))
     device = next(model.parameters()).device
     chunks, owners = [], []
     for batch in tqdm(loader, desc=f"embedding {modality}", unit="batch", leave=False):
+        if not batch["size"]:  # every record of the batch skipped
+            continue
         inputs = {k: v.to(device) for k, v in batch["inputs"][modality].items()}
         chunks.append(model({modality: inputs})[modality].float().cpu())
         owners.append(batch["owners"][modality][:, 0])
+    if not chunks:
+        raise BadRecordError(f"none of the {len(records)} records' {modality} items could be read (all skipped as bad)")
     return Embedded(torch.cat(chunks), torch.cat(owners))
 
 
@@ -235,13 +246,15 @@ def evaluate(
     video_backend: str = "decord",
     templates: Sequence[str] = ("{}",),
     classes: Sequence[str] | None = None,
+    skip_bad_records: bool = False,
+    max_image_pixels: int | None = DEFAULT_MAX_PIXELS,
 ) -> Evaluation:
     """Every ordered pair of `modalities` (default: all the model's that the manifest has) that some
     records share; then zero-shot classification of the labelled records' non-text items among
-    `classes` (default: the split's labels), each prompt made from `templates`."""
-    records = [r for r in read_manifest(manifest) if r.split == split]
-    if not records:
-        raise ValueError(f"{manifest} has no {split!r} records to evaluate")
+    `classes` (default: the split's labels), each prompt made from `templates`. With
+    `skip_bad_records`, a media file that is missing or does not decode leaves its record out of the
+    pairs and classes that need it, instead of failing."""
+    records = split_records(manifest, split)
     present = [m for m in (modalities or model.modalities) if any(m in r.fields for r in records)]
     missing = sorted(set(modalities or ()) - set(present))
     if missing:
@@ -249,7 +262,8 @@ def evaluate(
     embedded = {}
     for m in present:
         positions = torch.tensor([i for i, r in enumerate(records) if m in r.fields])
-        rows = embed_records(model, [records[i] for i in positions], m, batch_size, num_workers, video_backend)
+        rows = embed_records(model, [records[i] for i in positions], m, batch_size, num_workers, video_backend,
+                             skip_bad_records, max_image_pixels)
         check_finite(rows.embeddings, m, f"{manifest} ({split!r} split)")
         embedded[m] = Embedded(rows.embeddings, positions[rows.owners])  # owners as indices into `records`
     evaluation = Evaluation(str(manifest), split)
@@ -270,7 +284,31 @@ def evaluate(
     return evaluation
 
 
+def split_records(manifest: str, split: str) -> list[Record]:
+    """The manifest's records of `split`; none is an error."""
+    records = [r for r in read_manifest(manifest) if r.split == split]
+    if not records:
+        raise ValueError(f"{manifest} has no {split!r} records to evaluate; choose another split with --split")
+    return records
+
+
+def check_media(records: Sequence[Record], modalities: Sequence[str]) -> None:
+    """Every file the records name for `modalities` exists: a stat each, so that a missing one is
+    reported before the model loads rather than after minutes of embedding."""
+    for record in records:
+        try:
+            record.check(tuple(m for m in modalities if m in record.fields))
+        except BadRecordError as error:
+            raise BadRecordError(f"{error}: fix the path or remove the record, or set skip_bad_records"
+                                 " (`oneencoder evaluate --skip_bad_records true`) to leave such records out") from None
+
+
 def evaluate_folder(folder: str | os.PathLike[str], manifest: str, split: str = "test", **options: Any) -> Evaluation:
-    """`evaluate` for a stage's output folder, on the GPU when there is one."""
+    """`evaluate` for a stage's output folder, on the GPU when there is one. The manifest is read
+    first, and unless `skip_bad_records` its media checked, so that a mistake there is reported before
+    the model loads."""
+    records = split_records(manifest, split)
+    if not options.get("skip_bad_records"):
+        check_media(records, options.get("modalities") or list(read_config(Path(folder)).encoders))
     model = OneEncoder.from_pretrained(folder).to("cuda" if torch.cuda.is_available() else "cpu")
     return evaluate(model, manifest, split, **options)
