@@ -11,6 +11,7 @@ and most of a gigabyte) loads only for fit / validate / test / predict and cache
 
 from __future__ import annotations
 
+import itertools
 import os
 import sys
 import traceback
@@ -64,7 +65,7 @@ def _raised_by_project(error: BaseException) -> bool:
 
 def command_name(words: Sequence[str]) -> str:
     """`oneencoder fit`, `oneencoder data convert`, ...: what an error line starts with."""
-    named = [word for word in words[:2] if not word.startswith("-")]
+    named = list(itertools.takewhile(lambda word: not word.startswith("-"), words[:2]))
     return " ".join(["oneencoder", *named[: 2 if named[:1] == ["data"] else 1]])
 
 

@@ -12,7 +12,7 @@ import yaml
 
 from datamodules.converters import converter
 from oneencoder import OneEncoder, OneEncoderConfig
-from stages.cli import DEBUG_VARIABLE, USER_ERRORS, is_user_mistake, main, report_mistakes
+from stages.cli import DEBUG_VARIABLE, USER_ERRORS, command_name, is_user_mistake, main, report_mistakes
 from stages.evaluate import evaluate_folder
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -123,6 +123,12 @@ def test_project_checks_are_user_mistakes_and_library_errors_stay_bugs(tmp_path)
     assert not is_user_mistake(error_of(lambda: {}["key"]))
     with pytest.raises(KeyError):
         report_mistakes("oneencoder data convert", lambda: {}["key"])
+
+
+def test_the_error_line_names_the_command_not_its_options():
+    assert command_name(["fit", "--config", "up.yaml"]) == "oneencoder fit"
+    assert command_name(["data", "convert", "coco", "root", "out.jsonl"]) == "oneencoder data convert"
+    assert command_name(["--config", "up.yaml"]) == "oneencoder"
 
 
 def test_every_listed_user_error_names_an_exception_class():
