@@ -26,7 +26,7 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .base import Conversion, ConversionError, expect, relative, write_manifest
+from .base import Conversion, ConversionError, expect, read_text, relative, write_manifest
 
 BINARY = "cifar-10-batches-bin"
 RECORD_BYTES = 1 + 3 * 32 * 32
@@ -63,7 +63,7 @@ def _binary_folder(root: Path) -> Path:
 
 def _class_names(meta: Path) -> list[str]:
     """The 10 class names, one per line (trailing empty lines ignored)."""
-    names = [line.strip() for line in meta.read_text(encoding="utf-8").splitlines() if line.strip()]
+    names = [line.strip() for line in read_text(meta, "CIFAR-10's class names").split("\n") if line.strip()]
     if len(names) != 10:
         raise ConversionError(f"{meta}: expected 10 class names, one per line, found {len(names)}")
     return names
