@@ -5,26 +5,30 @@ holds `features` (tokens, dim), its items' token sequences back to back without 
 `lengths` (items,), with the items' keys and any skipped items in its metadata. Shards cover fixed
 ranges of items and are written to a temporary name and renamed, so a shard file that exists is
 complete, an interrupted build resumes at the first missing shard, and readers (dataloader workers,
-DDP processes) only ever memory-map finished files.
+DDP processes) only ever memory-map finished files. One build at a time holds the folder's lock file;
+a second one waits for it, then finds the cache done.
 
 header.json records what made the features (the encoder's fingerprint and its description: weights
-identity and preprocessing settings, the storage dtype) and each source's signature (a file's size
-and modification time, a caption's hash), so a cache that no longer matches its config or its files
-is refused with what differs, never used.
+identity and preprocessing settings, the video backend, the storage dtype) and each source's
+signature (a media file's path and content digest, see signatures.py; a caption's hash). A cache
+made differently is refused with what differs, never used; a build over a cache whose files changed
+or whose manifest gained records encodes again only the shards holding those items.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 from torch.nn.utils.rnn import pad_sequence
@@ -33,21 +37,30 @@ from tqdm.auto import tqdm
 
 from oneencoder.encoders import FrozenEncoder
 from oneencoder.files import atomic_write_text, atomic_write_with
-from oneencoder.readers import MediaError, Reader, build_reader
+from oneencoder.readers import DEFAULT_MAX_PIXELS, MediaError, Reader, build_reader
 
 from .manifest import BadRecordError, Record
+from .signatures import SignatureMemo
 
 log = logging.getLogger(__name__)
 
 FORMAT = "oneencoder-feature-cache"
-FORMAT_VERSION = 1
+# 2: media signatures hold the path and a content digest; the video backend is recorded.
+FORMAT_VERSION = 2
 HEADER_NAME = "header.json"
+LOCK_NAME = ".build.lock"
+MEMO_NAME = "signatures.json"
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 ITEMS_PER_SHARD = 512
+CACHE_COMMAND = "`oneencoder cache --config <your stage config>`"
 
 
 class StaleCacheError(RuntimeError):
     """A feature cache exists but does not match the current encoder, storage settings or files."""
+
+
+class CorruptCacheError(StaleCacheError):
+    """A shard file exists but cannot be read (truncated or damaged after it was written)."""
 
 
 @dataclass(frozen=True)
@@ -64,18 +77,24 @@ def text_key(record_id: str, caption_index: int) -> str:
     return f"{record_id}#{caption_index}"
 
 
-def sources(records: Sequence[Record], modality: str) -> list[Source]:
-    """Every item of `modality` in the records, in manifest order (captions one by one)."""
+def signature_memo(folder: str | os.PathLike[str]) -> SignatureMemo:
+    """The media signatures a cache folder's earlier builds and checks computed (see signatures.py)."""
+    return SignatureMemo(Path(folder) / MEMO_NAME)
+
+
+def sources(records: Sequence[Record], modality: str, memo: SignatureMemo | None = None) -> list[Source]:
+    """Every item of `modality` in the records, in manifest order (captions one by one); `memo`
+    spares hashing media files unchanged since it saw them."""
+    if modality != "text":
+        paths = [record.path(modality) for record in records]
+        signatures = (memo or SignatureMemo(None)).signatures(paths)
+        return [Source(record.id, signature, path, record.where())
+                for record, path, signature in zip(records, paths, signatures)]
     items = []
     for record in records:
-        if modality == "text":
-            for index, caption in enumerate(record.captions()):
-                digest = hashlib.sha256(caption.encode()).hexdigest()[:16]
-                items.append(Source(text_key(record.id, index), f"sha256:{digest}", caption, record.where()))
-        else:
-            path = record.path(modality)
-            stat = path.stat()
-            items.append(Source(record.id, f"{stat.st_size}:{stat.st_mtime_ns}", path, record.where()))
+        for index, caption in enumerate(record.captions()):
+            digest = hashlib.sha256(caption.encode()).hexdigest()[:16]
+            items.append(Source(text_key(record.id, index), f"sha256:{digest}", caption, record.where()))
     return items
 
 
@@ -104,60 +123,129 @@ def build_cache(
     overwrite: bool = False,
     items_per_shard: int = ITEMS_PER_SHARD,
     video_backend: str = "decord",
+    max_image_pixels: int | None = DEFAULT_MAX_PIXELS,
 ) -> Path:
-    """Encode every item of `modality` once into `<root>/<modality>/`; resumes an interrupted build.
+    """Encode every item of `modality` once into `<root>/<modality>/`, or bring that cache up to date.
 
-    A complete cache that already serves these records is left as it is. A cache made by another
-    encoder, dtype or file version raises StaleCacheError unless `overwrite` (then it is rebuilt).
+    A complete cache that serves these records is left as it is. Otherwise the shards whose items
+    are all unchanged are kept and the others are encoded (an interrupted build's missing shards,
+    shards holding changed or new items), which gives what a fresh build gives. A cache made
+    differently (another encoder, preprocessing, dtype, video backend or cache format) would lose
+    every shard, so it raises StaleCacheError; with `overwrite` it is deleted and built anew.
     Media are read the evaluation way (no random windows): one fixed encoding per item.
     """
     folder = Path(root) / modality
-    items = sources(records, modality)
-    header = _header(modality, encoder, items, dtype, items_per_shard)
-    if (folder / HEADER_NAME).is_file():
-        cache = FeatureCache(folder)
-        try:
-            cache.check(encoder, items, dtype)
-            return folder
-        except StaleCacheError as error:
-            if cache.header != header:  # not just unfinished: made by something else
-                if not overwrite:
-                    raise
-                log.warning("overwriting %s: %s", folder, error)
-                for shard in folder.glob("shard-*.safetensors"):
-                    shard.unlink()
     folder.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(folder / HEADER_NAME, json.dumps(header))
-
-    chunks = [items[start : start + items_per_shard] for start in range(0, len(items), items_per_shard)]
-    todo = [(index, chunk) for index, chunk in enumerate(chunks) if not _shard_path(folder, index).is_file()]
-    if len(todo) < len(chunks):
-        log.info("%s: resuming, %d of %d shards already written", folder, len(chunks) - len(todo), len(chunks))
-    reader = None if modality == "text" else build_reader(modality, encoder.preprocessor, video_backend)
-    encoder.to(device)
-    try:
-        with tqdm(total=sum(len(c) for _, c in todo), desc=f"caching {modality}", unit="item") as progress:
-            for index, chunk in todo:
-                _write_shard(_shard_path(folder, index), chunk, encoder, reader, DTYPES[dtype],
-                             batch_size, num_workers, skip_bad_records, device, progress)
-    finally:
-        encoder.unload()  # a stage trained from the cache never needs the weights again
+    with _build_lock(folder):
+        memo = signature_memo(folder)
+        items = sources(records, modality, memo)
+        memo.save()
+        header = _header(modality, encoder, items, dtype, items_per_shard, video_backend)
+        kept = _shards_to_keep(folder, header, encoder, items, overwrite)
+        if kept is None:
+            return folder
+        _remove_shards_except(folder, kept)
+        atomic_write_text(folder / HEADER_NAME, json.dumps(header))
+        chunks = [items[start : start + items_per_shard] for start in range(0, len(items), items_per_shard)]
+        todo = [(index, chunk) for index, chunk in enumerate(chunks) if index not in kept]
+        if kept:
+            log.info("%s: keeping %d of %d shards, encoding %d", folder, len(kept), len(chunks), len(todo))
+        reader = None if modality == "text" else build_reader(
+            modality, encoder.preprocessor, video_backend, max_image_pixels
+        )
+        encoder.to(device)
+        try:
+            with tqdm(total=sum(len(c) for _, c in todo), desc=f"caching {modality}", unit="item") as progress:
+                for index, chunk in todo:
+                    _write_shard(_shard_path(folder, index), chunk, encoder, reader, DTYPES[dtype],
+                                 batch_size, num_workers, skip_bad_records, device, progress)
+        finally:
+            encoder.unload()  # a stage trained from the cache never needs the weights again
     return folder
 
 
-def _header(modality: str, encoder: FrozenEncoder, items: list[Source], dtype: str, items_per_shard: int) -> dict[str, Any]:
+@contextlib.contextmanager
+def _build_lock(folder: Path) -> Iterator[None]:
+    """One build of `folder` at a time, across processes and machines sharing the disk; the lock
+    goes with the process, so a killed build never leaves the folder locked."""
+    with (folder / LOCK_NAME).open("a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.warning("%s: another build of this cache is running; waiting for it to finish", folder)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
+def _shards_to_keep(
+    folder: Path, header: dict[str, Any], encoder: FrozenEncoder, items: list[Source], overwrite: bool
+) -> set[int] | None:
+    """Indices of the existing shards that stay valid under `header`; None when the cache is
+    complete and serves `items` as it is."""
+    if not (folder / HEADER_NAME).is_file():
+        return set()
+    try:
+        cache = FeatureCache(folder)
+        cache.check_maker(encoder, header["dtype"], header["reader"].get("video_backend", "decord"))
+    except StaleCacheError as error:
+        if not overwrite:
+            raise
+        log.warning("overwriting %s: %s", folder, error)
+        return set()
+    try:
+        cache.check_items(items)
+    except StaleCacheError:  # incomplete, or items changed or added: keep what still holds
+        return _unchanged_shards(cache.header, header) - set(cache.missing_shards)
+    return None
+
+
+def _unchanged_shards(old: dict[str, Any], new: dict[str, Any]) -> set[int]:
+    """Shards whose items (keys, order and signatures) are the same under both headers."""
+    if old["items_per_shard"] != new["items_per_shard"]:
+        return set()
+    size = new["items_per_shard"]
+    before, after = list(old["sources"].items()), list(new["sources"].items())
+    return {
+        index for index in range(-(-len(after) // size))
+        if before[index * size : (index + 1) * size] == after[index * size : (index + 1) * size]
+    }
+
+
+def _remove_shards_except(folder: Path, kept: set[int]) -> None:
+    # Before the new header is written: a crash in between leaves the old header with shards
+    # missing, which the next build treats the same way, never a stale shard under a new header.
+    names = {_shard_path(folder, index).name for index in kept}
+    for shard in folder.glob("shard-*.safetensors"):
+        if shard.name not in names:
+            shard.unlink()
+
+
+def _reader_settings(modality: str, video_backend: str) -> dict[str, Any]:
+    """The reading settings that change features without being the encoder's: the video decoder."""
+    return {"video_backend": video_backend} if modality == "video" else {}
+
+
+def _as_json(value: Any) -> Any:
+    """`value` as it reads back from header.json (tuples become lists), so the two compare equal."""
+    return json.loads(json.dumps(value))
+
+
+def _header(
+    modality: str, encoder: FrozenEncoder, items: list[Source], dtype: str, items_per_shard: int, video_backend: str
+) -> dict[str, Any]:
     if dtype not in DTYPES:
         raise ValueError(f"cache dtype must be one of {sorted(DTYPES)} (got {dtype!r})")
-    return {
+    return _as_json({
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "modality": modality,
         "encoder": {"fingerprint": encoder.fingerprint, **encoder.description},
+        "reader": _reader_settings(modality, video_backend),
         "dim": encoder.dim,
         "dtype": dtype,
         "items_per_shard": items_per_shard,
         "sources": {item.key: item.signature for item in items},
-    }
+    })
 
 
 def _shard_path(folder: Path, index: int) -> Path:
@@ -250,10 +338,12 @@ class FeatureCache:
         if not path.is_file():
             raise FileNotFoundError(f"{path} not found: {self.folder} is not a feature cache (build one with `oneencoder cache`)")
         self.header = json.loads(path.read_text())
-        if self.header.get("format") != FORMAT or self.header.get("format_version", 0) > FORMAT_VERSION:
+        if self.header.get("format") != FORMAT or self.header.get("format_version") != FORMAT_VERSION:
             raise StaleCacheError(
-                f"{path} is not a feature cache this oneencoder reads (format {self.header.get('format')!r},"
-                f" version {self.header.get('format_version')}); delete {self.folder} and rebuild it"
+                f"{path} is not a feature cache this oneencoder reads (format {self.header.get('format')!r}"
+                f" version {self.header.get('format_version')}, expected {FORMAT!r} version {FORMAT_VERSION}:"
+                " version 2 signs media by path and content and records the video backend). Rebuild it:"
+                f" `oneencoder cache --overwrite --config <your stage config>`, or delete {self.folder}"
             )
         num_items = len(self.header["sources"])
         per_shard = self.header["items_per_shard"]
@@ -262,55 +352,77 @@ class FeatureCache:
         self.index: dict[str, tuple[int, int, int]] = {}
         self.skipped: dict[str, str] = {}
         if not self.missing_shards:
-            self._read_index()
+            for shard in range(self.num_shards):
+                self._index_shard(shard)
         self._handles: dict[int, Any] = {}
 
-    def _read_index(self) -> None:
-        for shard in range(self.num_shards):
-            with safe_open(str(_shard_path(self.folder, shard)), framework="pt") as handle:
+    def _index_shard(self, shard: int) -> None:
+        path = _shard_path(self.folder, shard)
+        try:
+            with safe_open(str(path), framework="pt") as handle:
                 metadata = handle.metadata()
                 lengths = handle.get_tensor("lengths").tolist()
-            offset = 0
-            for key, length in zip(json.loads(metadata["keys"]), lengths):
-                self.index[key] = (shard, offset, length)
-                offset += length
-            self.skipped.update(json.loads(metadata["skipped"]))
+                rows = handle.get_slice("features").get_shape()[0]
+            keys, skipped = json.loads(metadata["keys"]), json.loads(metadata["skipped"])
+        except (SafetensorError, OSError, KeyError, TypeError, ValueError) as error:
+            raise _corrupt(path, f"{type(error).__name__}: {error}") from None
+        if len(keys) != len(lengths) or sum(lengths) != rows:
+            raise _corrupt(path, f"{len(keys)} keys, {len(lengths)} lengths summing to {sum(lengths)}, {rows} feature rows")
+        offset = 0
+        for key, length in zip(keys, lengths):
+            self.index[key] = (shard, offset, length)
+            offset += length
+        self.skipped.update(skipped)
 
-    def check(self, encoder: FrozenEncoder, items: Sequence[Source], dtype: str | None = None) -> None:
-        """Refuse (StaleCacheError) unless this cache holds every item, made by this encoder from
-        these very files, complete."""
-        rebuild = (
-            f" Rebuild it with `oneencoder cache --overwrite --config <your stage config>`, or delete"
-            f" {self.folder}, or point `feature_cache` to another folder."
+    def check(self, encoder: FrozenEncoder, items: Sequence[Source], dtype: str = "float32", video_backend: str = "decord") -> None:
+        """Refuse (StaleCacheError) unless this cache holds every item, made by this encoder and
+        these reading settings from these very files, complete."""
+        self.check_maker(encoder, dtype, video_backend)
+        self.check_items(items)
+
+    def check_maker(self, encoder: FrozenEncoder, dtype: str, video_backend: str) -> None:
+        """Refuse a cache made by another encoder, preprocessing, dtype or video backend: none of its
+        shards can serve this config."""
+        replace = (
+            " Replace it with `oneencoder cache --overwrite --config <your stage config>` (deletes its"
+            f" shards and encodes every item again), or delete {self.folder}, or point `feature_cache`"
+            " to another folder."
         )
         cached = self.header["encoder"]
         if cached["fingerprint"] != encoder.fingerprint:
-            differs = _differences(cached, encoder.description)
+            differs = _differences(cached, _as_json(encoder.description))
             raise StaleCacheError(
                 f"{self.folder} was built by another encoder or preprocessing ({cached['fingerprint']}, now"
-                f" {encoder.fingerprint}); what differs: {', '.join(differs) or 'the encoder class'}.{rebuild}"
+                f" {encoder.fingerprint}); what differs: {', '.join(differs) or 'the encoder class'}.{replace}"
             )
-        if dtype is not None and dtype != self.header["dtype"]:
-            raise StaleCacheError(f"{self.folder} stores {self.header['dtype']} features, the config asks for {dtype}.{rebuild}")
+        reader = _reader_settings(self.header["modality"], video_backend)
+        if self.header["reader"] != reader:
+            raise StaleCacheError(f"{self.folder} was decoded with {self.header['reader']}, the config asks for {reader}.{replace}")
+        if dtype != self.header["dtype"]:
+            raise StaleCacheError(f"{self.folder} stores {self.header['dtype']} features, the config asks for {dtype}.{replace}")
+
+    def check_items(self, items: Sequence[Source]) -> None:
+        """Refuse a cache that lacks some of `items`, holds them from files that changed since, or
+        is unfinished. Building again encodes only the shards concerned."""
+        update = f" Update it with {CACHE_COMMAND}: it encodes again only the shards holding those items."
         signatures = self.header["sources"]
         absent = [item.key for item in items if item.key not in signatures]
         changed = [item for item in items if item.key in signatures and signatures[item.key] != item.signature]
         if absent:
             raise StaleCacheError(
                 f"{self.folder} has no features for {len(absent)} of {len(items)} items (e.g. {absent[:3]});"
-                f" the manifest gained records since the cache was built.{rebuild}"
+                f" the manifest gained records since the cache was built.{update}"
             )
         if changed:
             examples = ", ".join(str(item.value) if isinstance(item.value, Path) else item.where for item in changed[:3])
             raise StaleCacheError(
-                f"{self.folder}: {len(changed)} sources changed since the cache was built (size, modification"
-                f" time or caption text), e.g. {examples}.{rebuild}"
+                f"{self.folder}: {len(changed)} sources changed since the cache was built (file content or"
+                f" path, caption text), e.g. {examples}.{update}"
             )
         if self.missing_shards:
             raise StaleCacheError(
                 f"incomplete cache {self.folder}: {len(self.missing_shards)} of {self.num_shards} shards missing"
-                " (an interrupted build). Finish it with `oneencoder cache --config <your stage config>`;"
-                " finished shards are kept."
+                f" (an interrupted build). Finish it with {CACHE_COMMAND}; finished shards are kept."
             )
 
     def __contains__(self, key: str) -> bool:
@@ -326,6 +438,13 @@ class FeatureCache:
     def __getstate__(self) -> dict[str, Any]:
         # Open memory maps do not cross process boundaries; each worker opens its own.
         return {**self.__dict__, "_handles": {}}
+
+
+def _corrupt(path: Path, found: str) -> CorruptCacheError:
+    return CorruptCacheError(
+        f"{path} is not a readable feature-cache shard ({found}): it was truncated or damaged after it"
+        f" was written. Delete it and run {CACHE_COMMAND}: the build resumes and encodes only that shard."
+    )
 
 
 def _differences(cached: dict[str, Any], current: dict[str, Any], prefix: str = "", depth: int = 3) -> list[str]:

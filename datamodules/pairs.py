@@ -22,7 +22,7 @@ from oneencoder.readers import (
     check_video_backend,
 )
 
-from .feature_cache import FeatureCache, build_cache, pad_features, sources, text_key
+from .feature_cache import FeatureCache, build_cache, pad_features, signature_memo, sources, text_key
 from .manifest import BadRecordError, Record, read_manifests
 from .sampling import EpochSampler, loader_generator
 
@@ -70,8 +70,6 @@ class PairDataset(Dataset):
         cache = self.caches.get(modality)
         if cache is None:
             return self.readers[modality](record.path(modality), rng)
-        if record.id in cache.skipped:
-            raise MediaError(cache.skipped[record.id])
         return cache[record.id]
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any] | None:
@@ -209,13 +207,23 @@ class ManifestDataModule(LightningDataModule):
                 self.feature_cache, modality, records, self._encoders()[modality], dtype=self.cache_dtype,
                 batch_size=self.eval_batch_size, num_workers=self.num_workers,
                 skip_bad_records=self.skip_bad_records, device=device, overwrite=overwrite,
-                video_backend=self.video_backend,
+                video_backend=self.video_backend, max_image_pixels=self.max_image_pixels,
             )
 
     def setup(self, stage: str | None = None) -> None:
         if self.splits:
             return
         usable, skipped = self._usable_records()
+        if self.feature_cache is not None:
+            self.caches = self._checked_caches(usable)
+            # Records the cache build could not decode never reach the dataset: dropped here once,
+            # not met and skipped again in every epoch.
+            decodable = [r for r in usable if not any(r.id in cache.skipped for cache in self.caches.values())]
+            if len(decodable) < len(usable):
+                log.warning("%s: dropping %d records the feature cache could not decode", self.feature_cache,
+                            len(usable) - len(decodable))
+            skipped += len(usable) - len(decodable)
+            usable = decodable
         self.splits = {split: [r for r in usable if r.split == split] for split in ("train", "val", "test")}
         log.info(
             "%s: %d usable records with %s, %d skipped as bad; train %d, val %d, test %d",
@@ -223,11 +231,16 @@ class ManifestDataModule(LightningDataModule):
             *(len(self.splits[s]) for s in ("train", "val", "test")),
         )
         self.num_skipped_at_setup = skipped
-        if self.feature_cache is not None:
-            for modality in self.modalities:
-                cache = FeatureCache(f"{self.feature_cache}/{modality}")
-                cache.check(self._encoders()[modality], sources(usable, modality), self.cache_dtype)
-                self.caches[modality] = cache
+
+    def _checked_caches(self, records: list[Record]) -> dict[str, FeatureCache]:
+        """Each modality's cache, refused (StaleCacheError) unless it serves these records as they are now."""
+        caches = {}
+        for modality in self.modalities:
+            cache = FeatureCache(f"{self.feature_cache}/{modality}")
+            items = sources(records, modality, signature_memo(cache.folder))
+            cache.check(self._encoders()[modality], items, self.cache_dtype, self.video_backend)
+            caches[modality] = cache
+        return caches
 
     def _usable_records(self) -> tuple[list[Record], int]:
         """The manifest's records that have every modality and pass the cheap checks, and how many did not."""

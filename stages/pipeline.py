@@ -29,12 +29,14 @@ from typing import Any
 
 import yaml
 
-from datamodules.manifest import manifest_paths
+from datamodules.manifest import MEDIA_FIELDS, BadRecordError, ManifestError, manifest_paths, read_manifests
+from datamodules.signatures import SignatureMemo
 from oneencoder.files import atomic_write_text
 
 log = logging.getLogger(__name__)
 
 STAGE_STATE = "stage.json"
+MEDIA_MEMO = ".media-signatures.json"
 CHECKPOINTS = "checkpoints"
 
 
@@ -157,11 +159,52 @@ def _import(class_path: str, spec: StageSpec) -> type:
 
 
 def stage_hash(config: dict[str, Any], previous_hash: str | None) -> str:
-    """Config + manifest content + the previous stage: what decides whether a stage must run again."""
-    digests = [_file_digest(Path(m)) if Path(m).is_file() else None
-               for m in manifest_paths(_data_args(config).get("manifest") or [])]
-    payload = json.dumps({"config": config, "manifest": digests, "previous": previous_hash}, sort_keys=True)
+    """Config + manifest content + the stage's media files + the previous stage: what decides whether
+    a stage must run again. The media count because a skipped stage never looks at its data: a changed
+    file must rerun the stage, whose feature cache then encodes that file again."""
+    manifests = manifest_paths(_data_args(config).get("manifest") or [])
+    digests = [_file_digest(Path(m)) if Path(m).is_file() else None for m in manifests]
+    stage_folder = (config.get("trainer") or {}).get("default_root_dir")
+    memo = _signature_memo(Path(stage_folder).parent if stage_folder else None)
+    media = _media_digest(manifests, _modalities(config), memo)
+    payload = json.dumps({"config": config, "manifest": digests, "media": media, "previous": previous_hash}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def _signature_memo(output: Path | None) -> SignatureMemo:
+    """Media signatures of earlier runs, in the pipeline's output folder (in memory until it exists)."""
+    return SignatureMemo(output / MEDIA_MEMO if output is not None and output.is_dir() else None)
+
+
+def _modalities(config: dict[str, Any]) -> list[str]:
+    """The stage's data modalities: its config's, or its data module's default."""
+    data = config.get("data") or {}
+    if "modalities" in _data_args(config):
+        return list(_data_args(config)["modalities"])
+    module, _, name = data.get("class_path", "").rpartition(".")
+    try:
+        parameter = inspect.signature(getattr(importlib.import_module(module), name)).parameters.get("modalities")
+    except (ImportError, AttributeError, ValueError):
+        return []  # the stage itself will name the bad class path
+    return list(parameter.default) if parameter is not None and parameter.default is not inspect.Parameter.empty else []
+
+
+def _media_digest(manifests: list[str | Path], modalities: list[str], memo: SignatureMemo) -> str | None:
+    """One digest over the signatures (path + content, see datamodules/signatures.py) of every media
+    file of `modalities` the manifests name; None where a manifest cannot be read (the stage then
+    fails with the reason). A missing file counts as such, so its coming back reruns the stage too."""
+    try:
+        records = read_manifests(manifests) if all(Path(m).is_file() for m in manifests) else []
+        paths = [record.path(m) for record in records for m in modalities if m in MEDIA_FIELDS and m in record.fields]
+    except (ManifestError, BadRecordError):
+        return None
+    present = [path for path in paths if path.is_file()]
+    signatures = dict(zip(present, memo.signatures(present)))
+    memo.save()
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(signatures.get(path, f"{path}|missing").encode() + b"\n")
+    return digest.hexdigest()
 
 
 def _data_args(config: dict[str, Any]) -> dict[str, Any]:
@@ -295,7 +338,10 @@ def _evaluate(spec: EvaluationSpec, output: Path, final: StageRun, trained: set[
     name = settings.pop("name")
     label = f"evaluation {name}" if name else "evaluation"
     key = hashlib.sha256(json.dumps({"model": final.hash, "evaluation": settings,
-                                     "manifest": _file_digest(Path(spec.manifest))}, sort_keys=True).encode()).hexdigest()
+                                     "manifest": _file_digest(Path(spec.manifest)),
+                                     "media": _media_digest([spec.manifest], spec.modalities or list(MEDIA_FIELDS),
+                                                            _signature_memo(output))},
+                                    sort_keys=True).encode()).hexdigest()
     stem = f"results-{name}" if name else "results"
     results_path = output / f"{stem}.json"
     if results_path.is_file() and json.loads(results_path.read_text()).get("hash") == key:

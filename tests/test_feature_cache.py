@@ -2,7 +2,10 @@
 trained from it reaches the weights of one trained online."""
 
 import json
+import logging
 import os
+import threading
+import time
 from functools import partial
 
 import pytest
@@ -14,16 +17,21 @@ from safetensors.torch import load_file
 
 from datamodules import BadRecordError, ManifestDataModule, feature_cache, read_manifest
 from datamodules.feature_cache import (
+    CorruptCacheError,
     FeatureCache,
     StaleCacheError,
     build_cache,
     sources,
 )
+from datamodules import signatures
+from datamodules.signatures import FULL_HASH_BYTES, SignatureMemo, media_signature, media_signatures
 from datamodules.shapes import write_shapes_dataset
 from oneencoder import OneEncoder
 from oneencoder.encoders import build_encoder
 from oneencoder.readers import ImageReader
 from stages import UPStage
+
+WRITE_SHARD = feature_cache._write_shard
 
 
 @pytest.fixture
@@ -70,14 +78,32 @@ def test_a_cache_from_another_encoder_config_is_refused_with_what_differs(small_
     FeatureCache(folder).check(build_encoder(shorter), items)
 
 
+def _edit_in_place(path):
+    """Change one byte, keeping the size and putting the modification time back: what a careless
+    copy or an editor with `preserve timestamps` does."""
+    stat = path.stat()
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+
 def test_a_cache_whose_files_or_captions_changed_is_refused_naming_them(small_set, tmp_path):
     folder = _build(tmp_path / "cache", "image", small_set)
     encoder = build_encoder(tiny_encoder("image"))
     records = read_manifest(small_set)
     touched = records[5].path("image")
-    os.utime(touched, ns=(0, touched.stat().st_mtime_ns + 10**9))
-    with pytest.raises(StaleCacheError, match=rf"1 sources changed.*{touched.name}"):
+    os.utime(touched, ns=(0, touched.stat().st_mtime_ns + 10**9))  # a new time, the same content: still valid
+    FeatureCache(folder).check(encoder, sources(records, "image"))
+    _edit_in_place(touched)
+    with pytest.raises(StaleCacheError, match=rf"1 sources changed.*{touched.name}.*oneencoder cache --config"):
         FeatureCache(folder).check(encoder, sources(records, "image"))
+    lines = small_set.read_text().splitlines()
+    moved = json.loads(lines[6])
+    moved["image"] = json.loads(lines[7])["image"]  # another file, the same size and kind
+    small_set.write_text("\n".join([*lines[:6], json.dumps(moved), *lines[7:]]) + "\n")
+    with pytest.raises(StaleCacheError, match=r"2 sources changed"):
+        FeatureCache(folder).check(encoder, sources(read_manifest(small_set), "image"))
     text_folder = _build(tmp_path / "cache", "text", small_set)
     lines = small_set.read_text().splitlines()
     first = json.loads(lines[0])
@@ -87,30 +113,147 @@ def test_a_cache_whose_files_or_captions_changed_is_refused_naming_them(small_se
         FeatureCache(text_folder).check(build_encoder(tiny_encoder("text")), sources(read_manifest(small_set), "text"))
 
 
-def test_an_interrupted_build_resumes_and_equals_an_uninterrupted_one(small_set, tmp_path, monkeypatch):
-    whole = _build(tmp_path / "whole", "text", small_set)
-    written = []
-    original = feature_cache._write_shard
+def test_large_media_are_signed_by_size_time_and_both_ends(tmp_path):
+    path = tmp_path / "clip.bin"
+    path.write_bytes(bytes(range(256)) * (3 * FULL_HASH_BYTES // 256))
+    first = media_signature(path)
+    assert first.startswith(f"{path}|{path.stat().st_size}|")
+    stat = path.stat()
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF  # the end changed, size and time kept
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert media_signature(path) != first
+    os.utime(path, ns=(0, stat.st_mtime_ns + 10**9))
+    assert len({first, media_signature(path)}) == 2
 
-    def crash_after_two(path, *args, **kwargs):
-        if len(written) == 2:
-            path.with_name(f".{path.name}.999.tmp").write_bytes(b"half a shard")  # what a crash leaves
+
+def test_the_signature_memo_hashes_again_only_files_whose_status_changed(small_set, tmp_path, monkeypatch):
+    paths = [record.path("image") for record in read_manifest(small_set)[:4]]
+    SignatureMemo(tmp_path / "memo.json").signatures(paths)  # not saved: nothing to reuse
+    memo = SignatureMemo(tmp_path / "memo.json")
+    first = memo.signatures(paths)
+    memo.save()
+    hashed = []
+    monkeypatch.setattr(signatures, "media_signatures", lambda todo: (hashed.extend(todo), media_signatures(todo))[1])
+    memo = SignatureMemo(tmp_path / "memo.json")
+    assert memo.signatures(paths) == first and hashed == []
+    _edit_in_place(paths[1])  # size and modification time as before: the change time still moves
+    os.utime(paths[2], ns=(0, 10**18))  # a new time, the same content
+    again = memo.signatures(paths)
+    assert sorted(hashed) == sorted(paths[1:3])
+    assert again[1] != first[1] and again[2] == first[2] and again[0] == first[0]
+
+
+def _counting_writes(monkeypatch, crash_after=None):
+    """Record the shard names each build writes; with `crash_after`, stop the build as a kill would
+    once that many are written, leaving a temporary file behind."""
+    written = []
+
+    def write(path, *args, **kwargs):
+        if crash_after is not None and len(written) == crash_after:
+            path.with_name(f".{path.name}.999.tmp").write_bytes(b"half a shard")
             raise KeyboardInterrupt
         written.append(path.name)
-        original(path, *args, **kwargs)
+        WRITE_SHARD(path, *args, **kwargs)
 
-    monkeypatch.setattr(feature_cache, "_write_shard", crash_after_two)
+    monkeypatch.setattr(feature_cache, "_write_shard", write)
+    return written
+
+
+@pytest.mark.parametrize("modality", ["image", "text"])
+def test_an_interrupted_build_resumes_and_equals_an_uninterrupted_one(small_set, tmp_path, monkeypatch, modality):
+    whole = _build(tmp_path / "whole", modality, small_set)
+    _counting_writes(monkeypatch, crash_after=2)
     with pytest.raises(KeyboardInterrupt):
-        _build(tmp_path / "resumed", "text", small_set)
-    folder = tmp_path / "resumed" / "text"
+        _build(tmp_path / "resumed", modality, small_set)
+    folder = tmp_path / "resumed" / modality
+    items = sources(read_manifest(small_set), modality)
     with pytest.raises(StaleCacheError, match="incomplete cache.*finished shards are kept"):
-        FeatureCache(folder).check(build_encoder(tiny_encoder("text")), sources(read_manifest(small_set), "text"))
-    written.clear()
-    monkeypatch.setattr(feature_cache, "_write_shard", lambda path, *a, **k: (written.append(path.name), original(path, *a, **k)))
-    _build(tmp_path / "resumed", "text", small_set)
+        FeatureCache(folder).check(build_encoder(tiny_encoder(modality)), items)
+    written = _counting_writes(monkeypatch)
+    _build(tmp_path / "resumed", modality, small_set, overwrite=True)  # overwrite replaces only a foreign cache
     assert "shard-00000.safetensors" not in written and len(written) == len(list(whole.glob("shard-*"))) - 2
     for shard in whole.glob("shard-*"):
         assert _shard_content(folder / shard.name) == _shard_content(shard)
+    FeatureCache(folder).check(build_encoder(tiny_encoder(modality)), items)
+
+
+def test_a_build_over_changed_files_encodes_only_their_shards(small_set, tmp_path, monkeypatch):
+    folder = _build(tmp_path / "cache", "image", small_set)
+    records = read_manifest(small_set)
+    records[100].path("image").write_bytes(records[0].path("image").read_bytes())  # in shard 1 of 64-item shards
+    with small_set.open("a") as manifest:  # a new record after the last: shard 4 gains it
+        manifest.write(json.dumps({**json.loads(small_set.read_text().splitlines()[0]), "id": "late"}) + "\n")
+    written = _counting_writes(monkeypatch)
+    _build(tmp_path / "cache", "image", small_set)
+    assert written == ["shard-00001.safetensors", "shard-00004.safetensors"]
+    records = read_manifest(small_set)
+    FeatureCache(folder).check(build_encoder(tiny_encoder("image")), sources(records, "image"))
+    fresh = _build(tmp_path / "fresh", "image", small_set)
+    for shard in fresh.glob("shard-*"):
+        assert _shard_content(folder / shard.name) == _shard_content(shard)
+
+
+def test_two_concurrent_builds_encode_once_and_both_finish(small_set, tmp_path, monkeypatch, caplog):
+    started, release = threading.Event(), threading.Event()
+    written = []
+
+    def write(path, *args, **kwargs):
+        written.append(path.name)
+        started.set()
+        release.wait(60)  # hold the first build inside its lock until the second one waits for it
+        WRITE_SHARD(path, *args, **kwargs)
+
+    monkeypatch.setattr(feature_cache, "_write_shard", write)
+    errors = []
+
+    def build():
+        try:
+            _build(tmp_path / "cache", "image", small_set)
+        except BaseException as error:  # reported below, in the test's thread
+            errors.append(error)
+
+    first = threading.Thread(target=build)
+    first.start()
+    assert started.wait(60)
+    second = threading.Thread(target=build)
+    with caplog.at_level(logging.WARNING, logger="datamodules.feature_cache"):
+        second.start()
+        while second.is_alive() and "another build of this cache is running" not in caplog.text:
+            time.sleep(0.05)
+        release.set()
+        first.join(60)
+        second.join(60)
+    assert not errors and "waiting for it to finish" in caplog.text
+    assert sorted(written) == sorted(set(written)) and len(written) == 5  # each shard encoded once
+    FeatureCache(tmp_path / "cache" / "image").check(build_encoder(tiny_encoder("image")), sources(read_manifest(small_set), "image"))
+
+
+def test_a_damaged_shard_is_named_with_the_fix_and_the_build_resumes_after_deleting_it(small_set, tmp_path):
+    folder = _build(tmp_path / "cache", "text", small_set)
+    shard = folder / "shard-00002.safetensors"
+    shard.write_bytes(shard.read_bytes()[:-100])
+    with pytest.raises(CorruptCacheError, match=r"shard-00002.safetensors is not a readable.*Delete it.*oneencoder cache"):
+        FeatureCache(folder)
+    with pytest.raises(CorruptCacheError, match="shard-00002"):  # a build does not cover it up either
+        _build(tmp_path / "cache", "text", small_set)
+    shard.write_bytes(b"\0" * 64)
+    with pytest.raises(CorruptCacheError, match="shard-00002"):
+        FeatureCache(folder)
+    shard.unlink()
+    _build(tmp_path / "cache", "text", small_set)
+    FeatureCache(folder).check(build_encoder(tiny_encoder("text")), sources(read_manifest(small_set), "text"))
+
+
+def test_a_cache_of_an_older_format_asks_for_a_rebuild(small_set, tmp_path):
+    folder = _build(tmp_path / "cache", "text", small_set)
+    header = json.loads((folder / "header.json").read_text())
+    (folder / "header.json").write_text(json.dumps({**header, "format_version": 1}))
+    with pytest.raises(StaleCacheError, match=r"version 1, expected .* version 2.*Rebuild it.*--overwrite"):
+        _build(tmp_path / "cache", "text", small_set)
+    _build(tmp_path / "cache", "text", small_set, overwrite=True)
+    assert FeatureCache(folder).header["format_version"] == 2
 
 
 def _shard_content(path):
@@ -121,7 +264,7 @@ def _shard_content(path):
     return metadata, {name: tensor.numpy().tobytes() for name, tensor in tensors.items()}
 
 
-def test_bad_images_while_caching_are_named_or_skipped_and_counted(small_set, tmp_path):
+def test_bad_images_while_caching_are_named_or_dropped_at_setup_and_counted(small_set, tmp_path, caplog):
     records = read_manifest(small_set)
     records[0].path("image").write_bytes(b"not an image")
     with pytest.raises(BadRecordError, match=r"manifest.jsonl:1 .*cannot decode image.*skip_bad_records"):
@@ -132,8 +275,13 @@ def test_bad_images_while_caching_are_named_or_skipped_and_counted(small_set, tm
         encoders=model_encoders,
     )
     data.prepare_data()
-    data.setup("fit")
-    assert sum(batch["num_skipped"] for batch in data.train_dataloader()) == 1
+    with caplog.at_level(logging.WARNING, logger="datamodules.pairs"):
+        data.setup("fit")
+    assert "dropping 1 records the feature cache could not decode" in caplog.text
+    assert data.num_skipped_at_setup == 1 and records[0].id not in {r.id for r in data.splits["train"]}
+    batches = list(data.train_dataloader())
+    assert sum(batch["num_skipped"] for batch in batches) == 0
+    assert sum(batch["size"] for batch in batches) == len(data.splits["train"]) // 16 * 16
 
 
 def _train(manifest, root, **data_options):
@@ -176,3 +324,15 @@ def test_several_dataloader_workers_read_the_same_batches_as_one_process(small_s
         for modality in ("image", "text"):
             assert torch.equal(one["inputs"][modality]["features"], many["inputs"][modality]["features"])
             assert torch.equal(one["owners"][modality], many["owners"][modality])
+
+
+def test_a_video_cache_records_its_decoder_and_refuses_another(small_set, tmp_path):
+    few = tmp_path / "few.jsonl"
+    few.write_text("".join(small_set.read_text().splitlines(keepends=True)[:3]).replace('"video/', f'"{small_set.parent}/video/'))
+    folder = _build(tmp_path / "cache", "video", few)
+    assert FeatureCache(folder).header["reader"] == {"video_backend": "decord"}
+    items = sources(read_manifest(few), "video")
+    with pytest.raises(StaleCacheError, match=r"decoded with \{'video_backend': 'decord'\}.*'pyav'.*--overwrite"):
+        FeatureCache(folder).check(build_encoder(tiny_encoder("video")), items, video_backend="pyav")
+    with pytest.raises(StaleCacheError, match="decoded with"):
+        _build(tmp_path / "cache", "video", few, video_backend="pyav")

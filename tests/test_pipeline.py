@@ -60,6 +60,40 @@ def test_hash_follows_config_manifest_and_previous_stage(tmp_path):
     assert plan(PipelineSpec.load(_pipeline(tmp_path, stages)))[0].hash != listed
 
 
+def test_hash_follows_the_stages_own_media_files_even_with_size_and_time_kept(tmp_path):
+    from datamodules.shapes import write_shapes_dataset
+
+    manifest = write_shapes_dataset(tmp_path / "data", train_per_combo=1)
+    stages = []
+    for name in ("up", "align_audio"):
+        config = yaml.safe_load((ROOT / f"configs/{name}.yaml").read_text())
+        config["data"]["init_args"]["manifest"] = str(manifest)
+        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(config))
+        stages.append({"name": name, "config": str(tmp_path / f"{name}.yaml")})
+
+    def hashes():
+        return [r.hash for r in plan(PipelineSpec.load(_pipeline(tmp_path, stages)))]
+
+    def edit_in_place(path):
+        stat, data = path.stat(), bytearray(path.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        path.write_bytes(bytes(data))
+        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+    first = json.loads(manifest.read_text().splitlines()[0])
+    (tmp_path / "out").mkdir()  # where the runner keeps the signatures it computed: a rerun hashes only changed files
+    before = hashes()
+    assert (tmp_path / "out/.media-signatures.json").is_file() and hashes() == before
+    edit_in_place(manifest.parent / first["audio"])  # only the audio stage reads sounds
+    after_audio = hashes()
+    assert after_audio[0] == before[0] and after_audio[1] != before[1]
+    edit_in_place(manifest.parent / first["image"])
+    after_image = hashes()
+    assert after_image[0] != after_audio[0] and after_image[1] != after_audio[1]
+    (manifest.parent / first["image"]).unlink()  # a file gone is a change too
+    assert hashes()[0] != after_image[0]
+
+
 def test_pipeline_config_errors_are_named(tmp_path):
     with pytest.raises(PipelineError, match=r"unknown keys \['stage'\]"):
         PipelineSpec.load(_pipeline(tmp_path, [], stage=[]))
