@@ -17,7 +17,9 @@ class ExportPretrained(Callback):
     """After each validation that improves `monitor`, save `pl_module.model` with `save_pretrained`.
 
     Without validation (no val split, or `limit_val_batches=0`) the final weights are saved at the
-    end of fit. `dirpath` defaults to the trainer's `default_root_dir`.
+    end of fit. `dirpath` defaults to the trainer's `default_root_dir`. The best value and whether
+    anything was exported go into the checkpoint: a fit resumed after its best epoch then leaves the
+    best model in place instead of exporting its last weights at the end.
     """
 
     def __init__(self, dirpath: str | None = None, monitor: str = "val/loss", mode: str = "min") -> None:
@@ -30,10 +32,12 @@ class ExportPretrained(Callback):
         self.exported = False
 
     def state_dict(self) -> dict[str, Any]:
-        return {"best": self.best}
+        return {"best": self.best, "exported": self.exported}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.best = state_dict["best"]
+        # Checkpoints from before "exported" was kept: a best value was only ever set by an export.
+        self.exported = state_dict.get("exported", math.isfinite(self.best))
 
     def folder(self, trainer: Trainer) -> Path:
         return Path(self.dirpath or trainer.default_root_dir)

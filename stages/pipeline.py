@@ -6,26 +6,34 @@ pointed into the folder and `previous` filled in), `stage.json` (its hash and st
 checkpoints and the exported model. The hash covers the resolved config, the manifest's content and
 the previous stage's hash, so a finished stage with the same hash is skipped, an interrupted one
 resumes from `checkpoints/last.ckpt`, and a stage whose config or inputs changed is run again (its old
-folder is kept beside it as `<name>.stale-<hash>`). Each stage runs in its own process, so a
-multi-GPU stage launches DDP exactly as `oneencoder fit` does; a stage with a feature cache has it
-built (or checked) first by `oneencoder cache`, in one process.
+folder is kept beside it as `<name>.stale-<hash>`). `stage.json` also records the digest of the
+exported model (model.safetensors + config.json) and of the previous stage's model it started from:
+a finished stage whose model went missing or changed, or whose previous stage's model changed, is
+run again too, and evaluation results are keyed by the digest of the weights they were computed from.
+
+Each stage runs in its own process, so a multi-GPU stage launches DDP exactly as `oneencoder fit`
+does; a stage with a feature cache has it built (or checked) first by `oneencoder cache`, in one
+process. That process dies with the runner (stages/processes.py), and the runner holds
+`<output>/<name>.lock` while it works on a stage, so two runners never train one stage at once.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import hashlib
 import importlib
 import inspect
 import json
 import logging
 import os
-import subprocess
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import yaml
 
@@ -33,9 +41,12 @@ from datamodules.manifest import MEDIA_FIELDS, BadRecordError, ManifestError, ma
 from datamodules.signatures import SignatureMemo
 from oneencoder.files import atomic_write_text
 
+from .processes import run_child
+
 log = logging.getLogger(__name__)
 
 STAGE_STATE = "stage.json"
+MODEL_FILES = ("model.safetensors", "config.json")  # what ExportPretrained writes; results depend on them
 MEDIA_MEMO = ".media-signatures.json"
 CHECKPOINTS = "checkpoints"
 
@@ -132,15 +143,16 @@ def resolve_stage_config(spec: StageSpec, folder: Path, previous: Path | None) -
     for callback in trainer.get("callbacks") or []:
         kind = callback.get("class_path", "").rsplit(".", 1)[-1]
         init_args = callback.setdefault("init_args", {})
-        if kind == "ModelCheckpoint":
+        if kind in ("ModelCheckpoint", "StageCheckpoint"):
             init_args["dirpath"] = str(folder / CHECKPOINTS)
-            has_last = has_last or bool(init_args.get("save_last"))
+            has_last = has_last or (kind == "StageCheckpoint" and bool(init_args.get("save_last")))
         elif kind == "ExportPretrained":
             init_args["dirpath"] = str(folder)
     if not has_last:
         raise PipelineError(
-            f"stage {spec.name!r}: {path} needs a ModelCheckpoint callback with `save_last: true`, which"
-            " the runner resumes an interrupted stage from"
+            f"stage {spec.name!r}: {path} needs a stages.checkpoint.StageCheckpoint callback with `save_last:"
+            " true`, which the runner resumes an interrupted stage from (Lightning's own ModelCheckpoint keeps"
+            " the best epoch in last.ckpt, not the latest)"
         )
     model = config.get("model") or {}
     if "previous" in inspect.signature(_import(model.get("class_path", ""), spec)).parameters:
@@ -236,25 +248,52 @@ class StageRun:
     def state_path(self) -> Path:
         return self.folder / STAGE_STATE
 
-    def state(self) -> dict[str, Any] | None:
-        return json.loads(self.state_path.read_text()) if self.state_path.is_file() else None
+    @property
+    def lock_path(self) -> Path:
+        # Beside the folder, not in it: setting the folder aside must not move the lock.
+        return self.folder.with_name(f"{self.folder.name}.lock")
 
-    def write_state(self, status: str) -> None:
-        payload = {"name": self.spec.name, "hash": self.hash, "status": status, "source_config": self.spec.config}
+    def state(self) -> dict[str, Any] | None:
+        return read_json(self.state_path)
+
+    def write_state(self, status: str, previous_weights: str | None, weights: str | None = None) -> None:
+        payload = {"name": self.spec.name, "hash": self.hash, "status": status, "source_config": self.spec.config,
+                   "previous_weights": previous_weights, "weights": weights}
         atomic_write_text(self.state_path, json.dumps(payload, indent=2))
 
-    def run(self) -> None:
-        """Skip when done with this hash; otherwise fit, resuming from last.ckpt when there is one."""
-        state = self.state()
-        if state is not None and state["hash"] == self.hash and state["status"] == "done":
-            print(f"[pipeline] {self.spec.name}: done earlier with the same config and inputs, skipping")
-            return
-        if self.folder.exists() and (state is None or state["hash"] != self.hash):
-            self._set_aside(state)
+    def run(self, previous_weights: str | None) -> str:
+        """Skip when done with this hash on the same previous model and its own model is intact;
+        otherwise fit, resuming from last.ckpt when there is one. `previous_weights` is the digest of
+        the previous stage's model (None for the first stage); returns this stage's."""
+        with stage_lock(self.lock_path, self.folder):
+            state = self.state()
+            reason = self._why_not_reusable(state, previous_weights)
+            if reason is None and state is not None and state["status"] == "done":
+                print(f"[pipeline] {self.spec.name}: done earlier with the same config and inputs, skipping")
+                return state["weights"]
+            if reason is not None:
+                self._set_aside(state, reason)
+            return self._fit(previous_weights)
+
+    def _why_not_reusable(self, state: dict[str, Any] | None, previous_weights: str | None) -> str | None:
+        """Why the folder cannot be resumed or skipped (None: it can, or there is none)."""
+        if not self.folder.exists():
+            return None
+        if state is None:
+            return f"{self.state_path} is missing or unreadable"
+        if state.get("hash") != self.hash:
+            return "config or inputs changed"
+        if state.get("previous_weights") != previous_weights:
+            return "the previous stage's model changed since this stage started from it"
+        if state.get("status") == "done" and weights_digest(self.folder) != state.get("weights"):
+            return f"its exported model ({' + '.join(MODEL_FILES)}) is missing or changed since it finished"
+        return None
+
+    def _fit(self, previous_weights: str | None) -> str:
         self.folder.mkdir(parents=True, exist_ok=True)
         config_path = self.folder / "config.yaml"
-        config_path.write_text(yaml.safe_dump(self.config, sort_keys=False))
-        self.write_state("running")
+        atomic_write_text(config_path, yaml.safe_dump(self.config, sort_keys=False))
+        self.write_state("running", previous_weights)
         if _data_args(self.config).get("feature_cache"):
             self._build_feature_cache(config_path)
         command = [sys.executable, "-m", "stages.cli", "fit", "--config", str(config_path)]
@@ -265,19 +304,21 @@ class StageRun:
         else:
             print(f"[pipeline] {self.spec.name}: training ({self.spec.config})")
         started = time.monotonic()
-        returncode = subprocess.call(command)
+        returncode = run_child(command)
         if returncode != 0:
             raise PipelineError(
-                f"stage {self.spec.name!r} failed (exit code {returncode}); fix the cause and run the same"
+                f"stage {self.spec.name!r} failed ({_exit_status(returncode)}); fix the cause and run the same"
                 f" command again: it resumes from {last} if the stage got that far"
             )
-        if not (self.folder / "model.safetensors").is_file():
+        weights = weights_digest(self.folder)
+        if weights is None:
             raise PipelineError(
-                f"stage {self.spec.name!r} finished without exporting {self.folder / 'model.safetensors'}:"
+                f"stage {self.spec.name!r} finished without exporting {self.folder / MODEL_FILES[0]}:"
                 " its config needs the stages.ExportPretrained callback"
             )
-        self.write_state("done")
+        self.write_state("done", previous_weights, weights)
         print(f"[pipeline] {self.spec.name}: done in {_duration(time.monotonic() - started)}")
+        return weights
 
     def _build_feature_cache(self, config_path: Path) -> None:
         """Encode the stage's data in one process before `fit`: under DDP the other ranks would wait
@@ -285,21 +326,75 @@ class StageRun:
         A complete cache is checked and left as it is; an interrupted build resumes."""
         print(f"[pipeline] {self.spec.name}: feature cache")
         command = [sys.executable, "-m", "stages.cli", "cache", "--config", str(config_path)]
-        if subprocess.call(command) != 0:
+        returncode = run_child(command)
+        if returncode != 0:
             raise PipelineError(
-                f"stage {self.spec.name!r}: building its feature cache failed (see above); fix the cause and"
-                " run the same command again: the build resumes at its first unfinished shard"
+                f"stage {self.spec.name!r}: building its feature cache failed ({_exit_status(returncode)}); fix"
+                " the cause and run the same command again: the build resumes at its first unfinished shard"
             )
 
-    def _set_aside(self, state: dict[str, Any] | None) -> None:
+    def _set_aside(self, state: dict[str, Any] | None, reason: str) -> None:
         old = (state or {}).get("hash", "unknown")[:8]
         target = self.folder.with_name(f"{self.folder.name}.stale-{old}")
         suffix = 1
         while target.exists():
             target = self.folder.with_name(f"{self.folder.name}.stale-{old}-{suffix}")
             suffix += 1
-        print(f"[pipeline] {self.spec.name}: config or inputs changed; keeping the old output as {target}")
+        print(f"[pipeline] {self.spec.name}: {reason}; keeping the old output as {target}")
         self.folder.rename(target)
+
+
+@contextlib.contextmanager
+def stage_lock(path: Path, folder: Path) -> Iterator[None]:
+    """Hold an exclusive lock on `path` with this process's pid in it, or stop with the holder's pid.
+    The lock is the kernel's (flock): it goes with the process holding it, so a killed runner leaves
+    none behind, and its stage process dies with it (stages/processes.py)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            raise PipelineError(
+                f"stage folder {folder} is in use by another pipeline run (pid {holder}, holding {path}); wait"
+                f" for it to finish, or stop it (kill {holder}) and run the same command again to resume"
+            ) from None
+        handle.truncate(0)
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        yield
+
+
+def weights_digest(folder: Path) -> str | None:
+    """sha256 over the exported model's files, None while one is missing: what results and later
+    stages depend on, whatever config was meant to produce it."""
+    paths = [folder / name for name in MODEL_FILES]
+    if not all(path.is_file() for path in paths):
+        return None
+    return hashlib.sha256("".join(_file_digest(path) for path in paths).encode()).hexdigest()
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    """A JSON object an earlier run wrote, or None when the file is absent or unreadable (a full disk
+    under older code left 0-byte files): with a warning, the step that writes it then runs again."""
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        log.warning("%s cannot be read (%s); treating it as absent", path, error)
+        return None
+    if not isinstance(data, dict):
+        log.warning("%s holds %s, not a JSON object; treating it as absent", path, type(data).__name__)
+        return None
+    return data
+
+
+def _exit_status(returncode: int) -> str:
+    if returncode < 0:
+        return f"killed by {signal.Signals(-returncode).name}"
+    return f"exit code {returncode}"
 
 
 # --- the whole pipeline -------------------------------------------------------------------------------
@@ -322,34 +417,38 @@ def run_pipeline(path: str | os.PathLike[str]) -> Path:
     """Run (or skip, or resume) every stage, then the evaluation; returns the final model's folder."""
     spec = PipelineSpec.load(path)
     runs = plan(spec)
+    weights = None
     for run in runs:
-        run.run()
+        weights = run.run(weights)
+    assert weights is not None  # a spec has at least one stage
     final = runs[-1]
     trained = {p for r in runs if (p := trained_pair(r.config))}
     for evaluation in spec.evaluation:
-        _evaluate(evaluation, Path(spec.output), final, trained)
+        _evaluate(evaluation, Path(spec.output), final.folder, weights, trained)
     return final.folder
 
 
-def _evaluate(spec: EvaluationSpec, output: Path, final: StageRun, trained: set[frozenset[str]]) -> None:
+def _evaluate(spec: EvaluationSpec, output: Path, final: Path, weights: str, trained: set[frozenset[str]]) -> None:
+    """Evaluate the model in `final` unless results for these weights (their digest), settings and
+    data are there already."""
     from .evaluate import evaluate_folder
 
     settings = dataclasses.asdict(spec)
     name = settings.pop("name")
     label = f"evaluation {name}" if name else "evaluation"
-    key = hashlib.sha256(json.dumps({"model": final.hash, "evaluation": settings,
+    key = hashlib.sha256(json.dumps({"model": weights, "evaluation": settings,
                                      "manifest": _file_digest(Path(spec.manifest)),
                                      "media": _media_digest([spec.manifest], spec.modalities or list(MEDIA_FIELDS),
                                                             _signature_memo(output))},
                                     sort_keys=True).encode()).hexdigest()
     stem = f"results-{name}" if name else "results"
     results_path = output / f"{stem}.json"
-    if results_path.is_file() and json.loads(results_path.read_text()).get("hash") == key:
+    if (read_json(results_path) or {}).get("hash") == key:
         print(f"[pipeline] {label}: done earlier for this model and manifest ({results_path})")
     else:
-        print(f"[pipeline] {label}: {final.folder} on {spec.manifest} ({spec.split})")
+        print(f"[pipeline] {label}: {final} on {spec.manifest} ({spec.split})")
         started = time.monotonic()
-        evaluation = evaluate_folder(final.folder, **settings)
+        evaluation = evaluate_folder(final, **settings)
         evaluation.trained = trained
         evaluation.write(output, extra={"hash": key}, stem=stem)
         print(f"[pipeline] {label}: done in {_duration(time.monotonic() - started)}")

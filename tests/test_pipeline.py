@@ -1,6 +1,7 @@
 """The stage runner: resolved stage configs, hashes, and the whole chain on the planted set."""
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -11,9 +12,12 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import tiny_model_config
 from safetensors.torch import load_file
 
-from stages.pipeline import PipelineError, PipelineSpec, StageSpec, plan, resolve_stage_config
+from oneencoder import OneEncoder
+from stages.pipeline import (PipelineError, PipelineSpec, StageSpec, plan, resolve_stage_config, run_pipeline,
+                             stage_lock)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,7 +38,7 @@ def test_stage_outputs_point_into_its_folder_and_align_gets_the_previous_one(tmp
     assert config["trainer"]["default_root_dir"] == str(tmp_path / "out/audio")
     assert config["trainer"]["logger"]["init_args"]["save_dir"] == str(tmp_path / "out/audio")
     dirpaths = {c["class_path"].rsplit(".", 1)[-1]: c["init_args"].get("dirpath") for c in config["trainer"]["callbacks"]}
-    assert dirpaths["ModelCheckpoint"] == str(tmp_path / "out/audio/checkpoints")
+    assert dirpaths["StageCheckpoint"] == str(tmp_path / "out/audio/checkpoints")
     assert dirpaths["ExportPretrained"] == str(tmp_path / "out/audio")
     assert config["model"]["init_args"]["previous"] == str(tmp_path / "out/up")
     assert "previous" not in up.config["model"]["init_args"]
@@ -104,9 +108,15 @@ def test_pipeline_config_errors_are_named(tmp_path):
     with pytest.raises(PipelineError, match=r"config .*nope.yaml not found"):
         plan(PipelineSpec.load(_pipeline(tmp_path, [{"name": "up", "config": "nope.yaml"}])))
     config = yaml.safe_load((ROOT / "configs/up.yaml").read_text())
-    config["trainer"]["callbacks"] = [c for c in config["trainer"]["callbacks"] if "ModelCheckpoint" not in c["class_path"]]
+    config["trainer"]["callbacks"] = [c for c in config["trainer"]["callbacks"] if "StageCheckpoint" not in c["class_path"]]
     (tmp_path / "up.yaml").write_text(yaml.safe_dump(config))
-    with pytest.raises(PipelineError, match=r"needs a ModelCheckpoint callback with `save_last: true`"):
+    with pytest.raises(PipelineError, match=r"needs a stages.checkpoint.StageCheckpoint callback with `save_last: true`"):
+        resolve_stage_config(StageSpec("up", str(tmp_path / "up.yaml")), tmp_path / "out", None)
+    # Lightning's own ModelCheckpoint keeps the best epoch in last.ckpt: a resume would train again.
+    config["trainer"]["callbacks"].append({"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                                           "init_args": {"monitor": "val/loss", "save_last": True}})
+    (tmp_path / "up.yaml").write_text(yaml.safe_dump(config))
+    with pytest.raises(PipelineError, match=r"last.ckpt, not the latest"):
         resolve_stage_config(StageSpec("up", str(tmp_path / "up.yaml")), tmp_path / "out", None)
     up = [{"name": "up", "config": str(ROOT / "configs/up.yaml")}]
     with pytest.raises(PipelineError, match=r"several evaluations need a unique `name` each \(got \['a', 'a'\]\)"):
@@ -119,6 +129,140 @@ def test_one_evaluation_may_be_written_without_a_list(tmp_path):
     up = [{"name": "up", "config": str(ROOT / "configs/up.yaml")}]
     spec = PipelineSpec.load(_pipeline(tmp_path, up, evaluation={"manifest": "m", "split": "val"}))
     assert [(e.name, e.manifest, e.split) for e in spec.evaluation] == [(None, "m", "val")]
+
+
+# --- the runner's decisions, with a stand-in for the stage processes -----------------------------------
+
+
+@pytest.fixture
+def fake_fit(monkeypatch):
+    """Stage processes replaced by one that exports a tiny model, with a new seed each time (a retrain
+    on a GPU may give other weights), and builds no cache; returns the stages it trained, in order."""
+    trained = []
+
+    def run_child(command):
+        if command[3] == "fit":
+            folder = Path(command[command.index("--config") + 1]).parent
+            torch.manual_seed(len(trained))
+            OneEncoder(tiny_model_config()).save_pretrained(folder)
+            trained.append(folder.name)
+        return 0
+
+    monkeypatch.setattr("stages.pipeline.run_child", run_child)
+    return trained
+
+
+@pytest.fixture
+def two_stages(tmp_path, shapes_manifest):
+    """up -> align-audio on the planted set, evaluated on its test split; returns the pipeline config."""
+    stages = []
+    for name, config in (("up", "up.yaml"), ("align-audio", "align_audio.yaml")):
+        settings = yaml.safe_load((ROOT / "configs" / config).read_text())
+        settings["data"]["init_args"]["manifest"] = str(shapes_manifest)
+        (tmp_path / config).write_text(yaml.safe_dump(settings))
+        stages.append({"name": name, "config": str(tmp_path / config)})
+    return _pipeline(tmp_path, stages, evaluation={"manifest": str(shapes_manifest)})
+
+
+def test_a_finished_stage_whose_model_is_gone_trains_again_and_results_follow_the_new_weights(
+        two_stages, fake_fit, capsys):
+    output = two_stages.parent / "out"
+    run_pipeline(two_stages)
+    first = json.loads((output / "results.json").read_text())["hash"]
+    run_pipeline(two_stages)
+    assert "evaluation: done earlier" in capsys.readouterr().out and fake_fit == ["up", "align-audio"]
+    (output / "align-audio/model.safetensors").unlink()
+    run_pipeline(two_stages)
+    printed = capsys.readouterr().out
+    assert fake_fit == ["up", "align-audio", "align-audio"]
+    assert "align-audio: its exported model (model.safetensors + config.json) is missing or changed" in printed
+    assert [p.name for p in output.glob("align-audio.stale-*")] != []  # what was left is kept
+    assert "evaluation: done earlier" not in printed
+    assert json.loads((output / "results.json").read_text())["hash"] != first
+
+
+def test_a_stage_trained_again_trains_the_stages_after_it_again(two_stages, fake_fit, capsys):
+    output = two_stages.parent / "out"
+    run_pipeline(two_stages)
+    (output / "up/model.safetensors").write_bytes(b"other weights")
+    run_pipeline(two_stages)
+    assert fake_fit == ["up", "align-audio", "up", "align-audio"]
+    assert "align-audio: the previous stage's model changed since this stage started from it" in capsys.readouterr().out
+
+
+def test_unreadable_stage_and_results_files_count_as_absent(two_stages, fake_fit, caplog):
+    output = two_stages.parent / "out"
+    run_pipeline(two_stages)
+    (output / "results.json").write_bytes(b"")  # as a full disk left them before writes were atomic
+    (output / "align-audio/stage.json").write_bytes(b"")
+    with caplog.at_level(logging.WARNING, logger="stages.pipeline"):
+        run_pipeline(two_stages)
+    assert fake_fit == ["up", "align-audio", "align-audio"]
+    assert "hash" in json.loads((output / "results.json").read_text())
+    warned = " ".join(r.getMessage() for r in caplog.records)
+    assert "results.json cannot be read" in warned and "stage.json cannot be read" in warned
+
+
+def test_a_second_runner_on_a_busy_stage_stops_and_names_the_holder(two_stages, fake_fit):
+    up = plan(PipelineSpec.load(two_stages))[0]
+    with stage_lock(up.lock_path, up.folder):  # another runner, as far as flock is concerned
+        with pytest.raises(PipelineError, match=rf"stage folder {up.folder} is in use by another pipeline run"
+                                                rf" \(pid {os.getpid()}"):
+            run_pipeline(two_stages)
+    assert fake_fit == []
+    run_pipeline(two_stages)  # the lock went with its holder
+    assert fake_fit == ["up", "align-audio"]
+
+
+# A runner (run_child) whose stage process writes its pid and sleeps.
+SLEEPER = "import os, sys, time; open(sys.argv[1], 'w').write(str(os.getpid())); time.sleep(600)"
+RUNNER = ("import sys; from stages.processes import run_child;"
+          f" sys.exit(run_child([sys.executable, '-c', {SLEEPER!r}, sys.argv[1]]))")
+
+
+def _alive(pid):
+    """Whether `pid` runs (a zombie waiting for a parent to reap it has ended)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except FileNotFoundError:
+        return False
+
+
+def _wait_until(condition, seconds=60):
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return condition()
+
+
+def _runner_and_its_stage(tmp_path):
+    pid_file = tmp_path / "stage.pid"
+    runner = subprocess.Popen([sys.executable, "-c", RUNNER, str(pid_file)], env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert _wait_until(lambda: pid_file.is_file() and pid_file.read_text()), "the stage process never started"
+    return runner, int(pid_file.read_text())
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_a_stage_process_dies_with_its_runner(tmp_path):
+    runner, stage = _runner_and_its_stage(tmp_path)
+    try:
+        runner.kill()  # SIGKILL: the runner cannot pass anything on
+        runner.wait()
+        assert _wait_until(lambda: not _alive(stage)), "the stage process outlived its runner"
+    finally:
+        if _alive(stage):
+            os.kill(stage, signal.SIGKILL)
+
+
+def test_sigterm_to_the_runner_reaches_its_stage_process(tmp_path):
+    runner, stage = _runner_and_its_stage(tmp_path)
+    try:
+        runner.terminate()
+        assert runner.wait(timeout=60) == -signal.SIGTERM % 256  # the stage's end, passed on as the exit status
+        assert not _alive(stage)
+    finally:
+        if _alive(stage):
+            os.kill(stage, signal.SIGKILL)
 
 
 # --- the whole chain, in subprocesses as a user runs it ------------------------------------------------
@@ -198,21 +342,29 @@ def test_a_finished_pipeline_is_skipped(chain, uninterrupted):
     assert weights.stat().st_mtime_ns == stamp
 
 
+def _children(pid):
+    return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
 @pytest.mark.slow
-def test_a_killed_stage_resumes_and_ends_with_the_uninterrupted_weights(chain, uninterrupted):
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_a_stage_whose_runner_alone_is_killed_resumes_and_ends_with_the_uninterrupted_weights(chain, uninterrupted):
     root, write = chain
     config = write("killed")
     checkpoint = root / "killed/align-audio/checkpoints/last.ckpt"
     process = subprocess.Popen(_pipeline_command(config), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               env={**os.environ, "PYTHONPATH": str(ROOT)}, start_new_session=True)
+                               env={**os.environ, "PYTHONPATH": str(ROOT)})
     try:
-        deadline = time.monotonic() + 600
-        while not checkpoint.is_file() and process.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
+        _wait_until(lambda: checkpoint.is_file() or process.poll() is not None, seconds=600)
+        stage = _children(process.pid)
     finally:
-        os.killpg(process.pid, signal.SIGKILL)
+        process.kill()  # the runner alone: its stage process must not train on behind it
         process.wait()
+    gone = _wait_until(lambda: not any(_alive(pid) for pid in stage))
+    for pid in filter(_alive, stage):
+        os.kill(pid, signal.SIGKILL)
     assert checkpoint.is_file(), "the stage never wrote a checkpoint"
+    assert stage and gone, "the stage process outlived its runner"
     assert json.loads((root / "killed/align-audio/stage.json").read_text())["status"] == "running"
 
     stdout = _run(config)
