@@ -41,7 +41,8 @@ $(SHAPES): | $(VENV)/.installed
 up: install $(SHAPES)  ## stage 1: train the Universal Projection on image-text (planted shapes set)
 	$(CLI) cache --config configs/up.yaml
 	$(CLI) fit --config configs/up.yaml --ckpt_path last
-	$(CLI) test --config configs/up.yaml --ckpt_path outputs/up/checkpoints/last.ckpt
+	# Tests what was exported (the best epoch's model in outputs/up), which is what later stages load.
+	$(CLI) evaluate outputs/up $(SHAPES) --split test --output outputs/up
 
 align-audio: install $(SHAPES)  ## stage 2: align audio to text, stage 1 frozen (after `make up`)
 	$(CLI) cache --config configs/align_audio.yaml
