@@ -9,7 +9,7 @@ SYSTEM_TOOLS := rsvg-convert espeak-ng  # Debian: librsvg2-bin espeak-ng (the de
 
 .DEFAULT_GOAL := help
 .PHONY: help install system-tools up align-audio align-video pipeline demo paper-image-text paper-audio-text \
-	paper-video-text paper test test-slow test-full bench clean
+	paper-video-text paper test test-slow test-full bench faults clean
 
 help:  ## list targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  %-17s %s\n", $$1, $$2}'
@@ -105,6 +105,9 @@ test-full: install  ## every test, slow ones (DDP launches, full stage runs) inc
 
 bench: install  ## feature cache vs online encoding, ViT-base + BERT-base sized (about 30 min on 2 cores)
 	$(PY) -m benchmarks.cache_speed
+
+faults: install  ## fault suite: kills at random moments, every kind of broken input, concurrent cache builds (about 15 min)
+	$(PY) -m benchmarks.faults
 
 clean:  ## remove outputs and generated data (keeps .venv)
 	rm -rf outputs data lightning_logs

@@ -66,7 +66,7 @@ class StageCheckpoint(ModelCheckpoint):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         super().load_state_dict(state_dict)
-        self._resumed_stopped = state_dict["stopped"]
+        self._resumed_stopped = state_dict.get("stopped", False)  # absent in checkpoints of earlier versions
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
