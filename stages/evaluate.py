@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from datamodules.manifest import BadRecordError, Record, read_manifest
+from datamodules.pairs_dataset import PairCollator, PairDataset
 from oneencoder import OneEncoder
 from oneencoder.model import read_config
 from oneencoder.files import atomic_write_text
@@ -160,8 +161,6 @@ def embed_records(
 ) -> Embedded:
     """Every item of `modality` in `records` (all captions for text), read, encoded and projected;
     with `skip_bad_records`, items that cannot be read are left out (and logged) instead of failing."""
-    from datamodules.pairs import PairCollator, PairDataset  # imports Lightning: only once there is work to do
-
     encoder = model.encoders[modality]
     readers = {} if modality == "text" else {
         modality: build_reader(modality, encoder.preprocessor, video_backend, max_image_pixels)

@@ -179,3 +179,15 @@ def test_data_commands_import_neither_lightning_nor_torch(tmp_path):
                             env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.splitlines() == [f"wrote 1 records to {tmp_path / 'esc.jsonl'} (test 1); skipped: none", "[]"]
+
+
+def test_evaluate_embeds_without_importing_lightning(tiny_model, shapes_manifest, tmp_path):
+    tiny_model.save_pretrained(tmp_path / "model")
+    script = (f"import sys, stages.cli; stages.cli.main(['evaluate', {str(tmp_path / 'model')!r},"
+              f" {str(shapes_manifest)!r}, '--output', {str(tmp_path / 'results')!r}]);"
+              " print('lightning' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (tmp_path / "results" / "results.json").exists()  # it did embed
+    assert result.stdout.splitlines()[-1] == "False"

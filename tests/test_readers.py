@@ -26,7 +26,7 @@ from datamodules import (
 )
 from datamodules.feature_cache import FeatureCache
 from datamodules.manifest import read_manifest
-from datamodules.pairs import PairDataset
+from datamodules.pairs_dataset import PairDataset
 from datamodules.shapes import write_shapes_dataset, write_video
 from oneencoder.encoders import build_encoder
 from oneencoder.readers import ImageTooLargeError, frame_indices
