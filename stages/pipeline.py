@@ -93,7 +93,7 @@ class PipelineSpec:
         path = Path(path)
         if not path.is_file():
             raise PipelineError(f"pipeline config {path} not found (see configs/pipeline/ for examples)")
-        data = yaml.safe_load(path.read_text()) or {}
+        data = _read_yaml(path) or {}
         spec = _build(cls, data, str(path))
         spec.stages = [_build(StageSpec, s, f"{path}: stages[{i}]") for i, s in enumerate(data.get("stages") or [])]
         evaluations = data.get("evaluation") or []
@@ -109,6 +109,21 @@ class PipelineSpec:
         if len(set(names)) != len(names):
             raise PipelineError(f"{path}: stage names must be unique (got {names})")
         return spec
+
+
+def _read_yaml(path: Path, where: str = "") -> Any:
+    """The file's YAML; a syntax error is one line naming the file, line and column (yaml's own spans several)."""
+    try:
+        with path.open() as stream:
+            return yaml.safe_load(stream)
+    except yaml.MarkedYAMLError as error:
+        mark, context = error.problem_mark, error.context_mark
+        started = f" ({error.context} from line {context.line + 1})" if error.context and context else ""
+        raise PipelineError(
+            f"{where}{path}:{mark.line + 1}:{mark.column + 1}: not valid YAML: {error.problem}{started}"
+        ) from None
+    except yaml.YAMLError as error:  # a character YAML refuses: yaml names the file and a position, not a line
+        raise PipelineError(f"{where}{path}: not valid YAML: {' '.join(str(error).split())}") from None
 
 
 def _build(cls: type, data: Any, where: str) -> Any:
@@ -132,7 +147,10 @@ def resolve_stage_config(spec: StageSpec, folder: Path, previous: Path | None) -
     path = Path(spec.config)
     if not path.is_file():
         raise PipelineError(f"stage {spec.name!r}: config {path} not found")
-    config = yaml.safe_load(path.read_text())
+    config = _read_yaml(path, f"stage {spec.name!r}: ")
+    if not isinstance(config, dict):
+        raise PipelineError(f"stage {spec.name!r}: {path} is not a mapping; a stage config has `model`, `data`,"
+                            " `trainer`")
     trainer = config.setdefault("trainer", {})
     trainer["default_root_dir"] = str(folder)
     loggers = trainer.get("logger")

@@ -3,6 +3,7 @@
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -125,6 +126,26 @@ def test_pipeline_config_errors_are_named(tmp_path):
     with pytest.raises(PipelineError, match=r"evaluation\[1\]: unknown keys \['split_name'\]"):
         PipelineSpec.load(_pipeline(tmp_path, up, evaluation=[{"name": "a", "manifest": "m"}, {"split_name": "x"}]))
 
+
+
+def test_malformed_yaml_is_named_by_file_and_line(tmp_path):
+    pipeline = tmp_path / "pipeline.yaml"
+    pipeline.write_text(f"output: {tmp_path / 'out'}\nstages: [{{name: up, config: up.yaml}}\n")
+    with pytest.raises(PipelineError) as error:
+        PipelineSpec.load(pipeline)
+    assert str(error.value) == (f"{pipeline}:3:1: not valid YAML: expected ',' or ']', but got '<stream end>'"
+                                " (while parsing a flow sequence from line 2)")
+    pipeline.write_text("output: \x01\n")
+    named = re.escape(str(pipeline))
+    with pytest.raises(PipelineError, match=rf'^{named}: not valid YAML: unacceptable character #x0001.* in "{named}"'):
+        PipelineSpec.load(pipeline)
+    stage = tmp_path / "up.yaml"
+    stage.write_text("model:\n  class_path: stages.UPStage\n   init_args: {}\n")
+    with pytest.raises(PipelineError, match=rf"^stage 'up': {re.escape(str(stage))}:3:\d+: not valid YAML: "):
+        resolve_stage_config(StageSpec("up", str(stage)), tmp_path / "out", None)
+    stage.write_text("- model\n")
+    with pytest.raises(PipelineError, match=r"up.yaml is not a mapping; a stage config has `model`, `data`"):
+        resolve_stage_config(StageSpec("up", str(stage)), tmp_path / "out", None)
 
 def test_one_evaluation_may_be_written_without_a_list(tmp_path):
     up = [{"name": "up", "config": str(ROOT / "configs/up.yaml")}]
