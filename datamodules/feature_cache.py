@@ -153,12 +153,12 @@ def build_cache(
         reader = None if modality == "text" else build_reader(
             modality, encoder.preprocessor, video_backend, max_image_pixels
         )
+        settings = _EncodeSettings(encoder, reader, DTYPES[dtype], batch_size, num_workers, skip_bad_records, device)
         encoder.to(device)
         try:
             with tqdm(total=sum(len(c) for _, c in todo), desc=f"caching {modality}", unit="item") as progress:
                 for index, chunk in todo:
-                    _write_shard(_shard_path(folder, index), chunk, encoder, reader, DTYPES[dtype],
-                                 batch_size, num_workers, skip_bad_records, device, progress)
+                    _write_shard(_shard_path(folder, index), chunk, settings, progress)
         finally:
             encoder.unload()  # a stage trained from the cache never needs the weights again
     return folder
@@ -284,22 +284,26 @@ class _SourceCollator:
         return [index for index, _ in kept], inputs, failed
 
 
-def _write_shard(
-    path: Path,
-    chunk: list[Source],
-    encoder: FrozenEncoder,
-    reader: Reader | None,
-    dtype: torch.dtype,
-    batch_size: int,
-    num_workers: int,
-    skip_bad_records: bool,
-    device: torch.device | str,
-    progress: tqdm,
-) -> None:
+@dataclass(frozen=True)
+class _EncodeSettings:
+    """How one build reads and encodes the items of every shard: `reader` None for captions, `dtype`
+    the features' storage type, `device` the encoder's."""
+
+    encoder: FrozenEncoder
+    reader: Reader | None
+    dtype: torch.dtype
+    batch_size: int
+    num_workers: int
+    skip_bad_records: bool
+    device: torch.device | str
+
+
+def _write_shard(path: Path, chunk: list[Source], settings: _EncodeSettings, progress: tqdm) -> None:
     # Batches never cross a shard boundary, so a resumed build encodes exactly the batches an
     # uninterrupted one would have, and the two caches are bit-identical.
+    encoder, dtype = settings.encoder, settings.dtype
     loader = DataLoader(
-        _SourceDataset(chunk, reader), batch_size=batch_size, num_workers=num_workers,
+        _SourceDataset(chunk, settings.reader), batch_size=settings.batch_size, num_workers=settings.num_workers,
         collate_fn=_SourceCollator(encoder.preprocessor),
     )
     keys: list[str] = []
@@ -307,14 +311,14 @@ def _write_shard(
     skipped: dict[str, str] = {}
     for indices, inputs, failed in loader:
         for index, reason in failed.items():
-            if not skip_bad_records:
+            if not settings.skip_bad_records:
                 raise BadRecordError(
                     f"{chunk[index].where}: {reason}. Fix or remove the record, or set `skip_bad_records: true`"
                 )
             log.warning("skipping %s: %s", chunk[index].where, reason)
             skipped[chunk[index].key] = reason
         if inputs is not None:
-            output = encoder({name: tensor.to(device) for name, tensor in inputs.items()})
+            output = encoder({name: tensor.to(settings.device) for name, tensor in inputs.items()})
             for row, index in enumerate(indices):
                 keys.append(chunk[index].key)
                 rows.append(output.features[row][output.mask[row]].to("cpu", dtype))
