@@ -107,7 +107,7 @@ bench: install  ## feature cache vs online encoding, ViT-base + BERT-base sized 
 	$(PY) -m benchmarks.cache_speed
 
 faults: install  ## fault suite: kills at random moments, every kind of broken input, concurrent cache builds (about 15 min)
-	$(PY) -m benchmarks.faults
+	TQDM_DISABLE=1 $(PY) -m benchmarks.faults  # hundreds of tiny cache builds: their progress bars are noise
 
 clean:  ## remove outputs and generated data (keeps .venv)
 	rm -rf outputs data lightning_logs

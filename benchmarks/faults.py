@@ -267,6 +267,20 @@ def _run_to_end(config: Path, attempts: int = 3) -> None:
     raise RuntimeError(f"{config} did not finish in {attempts} runs: {result.stderr.strip()[-600:]}")
 
 
+def _progress(output: Path, features: Path) -> str:
+    """Where a killed pipeline was: each stage's status, its cache and its checkpoint, as files show it."""
+    parts = []
+    for stage, cache in (("up", "features-up"), ("align-audio", "features-align_audio")):
+        state = output / stage / "stage.json"
+        status = json.loads(state.read_text())["status"] if state.is_file() else "not started"
+        if status == "running":
+            shards = len(list((features / cache).glob("*/shard-*.safetensors")))
+            checkpoint = "last.ckpt written" if (output / stage / "checkpoints" / "last.ckpt").is_file() else "no checkpoint"
+            status += f" ({shards} cache shards, {checkpoint})"
+        parts.append(f"{stage} {status}")
+    return ", ".join(parts)
+
+
 def _final_weights(output: Path) -> dict[str, torch.Tensor]:
     return load_file(str(output / "align-audio" / "model.safetensors"))
 
@@ -288,7 +302,7 @@ def run_kills(work: Path, kills: int, seed: int = 0) -> list[Outcome]:
     outcomes = []
     for attempt in range(kills):
         config = _pipeline(root, manifest, f"killed-{attempt}")
-        delay = rng.uniform(0.05, 0.95) * duration
+        delay = rng.uniform(0.05, 0.8) * duration
         process = subprocess.Popen(_command("pipeline", str(config)), env=_environment(), start_new_session=True,
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
@@ -298,6 +312,7 @@ def run_kills(work: Path, kills: int, seed: int = 0) -> list[Outcome]:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
             finished_first = False
+        where = _progress(root / f"killed-{attempt}", root / f"killed-{attempt}-features")
         try:
             _run_to_end(config)
             weights = _final_weights(root / f"killed-{attempt}")
@@ -305,7 +320,7 @@ def run_kills(work: Path, kills: int, seed: int = 0) -> list[Outcome]:
             result = "bit-identical" if same else "weights differ from the uninterrupted run"
         except Exception as error:  # noqa: BLE001
             same, result = False, f"rerun failed: {type(error).__name__}: {str(error)[:160]}"
-        setting = f"killed at {delay:.1f} s of {duration:.1f} s" + (" (finished before the kill)" if finished_first else "")
+        setting = f"killed at {delay:.1f} s of {duration:.1f} s: " + ("finished before the kill" if finished_first else where)
         outcomes.append(Outcome("kills", "SIGKILL of the pipeline's process group", setting, same, result))
     return outcomes
 
@@ -371,7 +386,6 @@ def main(argv: list[str] | None = None) -> int:
     import warnings
 
     logging.disable(logging.WARNING)  # the skipped records' warnings are expected here
-    os.environ.setdefault("TQDM_DISABLE", "1")
     warnings.filterwarnings("ignore")
     outcomes: list[Outcome] = []
     with tempfile.TemporaryDirectory(prefix="oneencoder-faults-") as work:
