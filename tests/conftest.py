@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+import os
+
+# Tests never reach a model hub. huggingface_hub reads this once, when first imported: set it before any
+# test imports transformers, or a test of a missing model waits on network retries.
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+from pathlib import Path  # noqa: E402
 
 import pytest
 import torch
