@@ -84,7 +84,7 @@ def _exported(root):
 
 
 def _checkpoint(root):
-    return torch.load(root / "checkpoints/last.ckpt", weights_only=False)
+    return torch.load(root / "checkpoints/last.ckpt", weights_only=True)
 
 
 def _same(a, b):
@@ -142,7 +142,7 @@ def test_a_checkpoint_write_that_fails_leaves_the_previous_one(tmp_path, monkeyp
     monkeypatch.setattr("lightning.fabric.plugins.io.torch_io._atomic_save", disk_full)
     with pytest.raises(OSError, match="No space left"):
         io.save_checkpoint({"epoch": 2}, path)
-    assert io.load_checkpoint(path, weights_only=False) == {"epoch": 1}
+    assert io.load_checkpoint(path, weights_only=True) == {"epoch": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
 
 
