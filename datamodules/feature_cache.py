@@ -18,14 +18,13 @@ or whose manifest gained records encodes again only the shards holding those ite
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -36,7 +35,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from oneencoder.encoders import FrozenEncoder
-from oneencoder.files import atomic_write_text, atomic_write_with
+from oneencoder.files import atomic_write_text, atomic_write_with, exclusive_lock
 from oneencoder.readers import DEFAULT_MAX_PIXELS, MediaError, Reader, build_reader
 
 from .manifest import BadRecordError, Record
@@ -164,17 +163,14 @@ def build_cache(
     return folder
 
 
-@contextlib.contextmanager
-def _build_lock(folder: Path) -> Iterator[None]:
-    """One build of `folder` at a time, across processes and machines sharing the disk; the lock
-    goes with the process, so a killed build never leaves the folder locked."""
-    with (folder / LOCK_NAME).open("a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log.warning("%s: another build of this cache is running; waiting for it to finish", folder)
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        yield
+def _build_lock(folder: Path) -> contextlib.AbstractContextManager[None]:
+    """One build of `folder` at a time, across processes and machines sharing the disk: a second
+    build waits, then finds the cache complete."""
+
+    def wait(holder: str) -> None:
+        log.warning("%s: another build of this cache is running (pid %s); waiting for it to finish", folder, holder)
+
+    return exclusive_lock(folder / LOCK_NAME, wait)
 
 
 def _shards_to_keep(

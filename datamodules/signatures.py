@@ -30,8 +30,10 @@ EDGE_BYTES = 256 << 10
 
 
 def media_signature(path: Path) -> str:
-    """`path|sha256:...` for a small file, `path|size|mtime_ns|edges-sha256:...` for a large one."""
+    """`path|sha256:...` for a small file, `path|size|mtime_ns|edges-sha256:...` for a large one; the
+    path resolved, so that a manifest named relative or absolute gives the same signatures."""
     stat = path.stat()
+    path = path.resolve()
     with path.open("rb") as handle:
         if stat.st_size <= FULL_HASH_BYTES:
             return f"{path}|sha256:{hashlib.file_digest(handle, 'sha256').hexdigest()[:32]}"

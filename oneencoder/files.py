@@ -10,6 +10,7 @@ truncated one, and the temporary file is removed.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import tempfile
 from pathlib import Path
@@ -72,3 +73,25 @@ def atomic_write_with(path: str | os.PathLike[str], write: Callable[[str], None]
     """`write(tmp_path)` writes the file (safetensors' save_file, torch.save, ...); then it is renamed."""
     with atomic_path(path) as tmp:
         write(str(tmp))
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: str | os.PathLike[str], when_held: Callable[[str], None]) -> Iterator[None]:
+    """Hold the kernel's exclusive lock (flock) on `path`, which records this process's pid.
+
+    When another process holds it, `when_held(its pid)` decides: raise to give up, return to wait
+    for it. The lock goes with the process holding it, so a killed one never leaves it behind.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            when_held(handle.read().strip() or "unknown")
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        handle.truncate(0)
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        yield

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import hashlib
 import importlib
 import inspect
@@ -33,13 +32,13 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import yaml
 
 from datamodules.manifest import MEDIA_FIELDS, BadRecordError, ManifestError, manifest_paths, read_manifests
 from datamodules.signatures import SignatureMemo
-from oneencoder.files import atomic_write_text
+from oneencoder.files import atomic_write_text, exclusive_lock
 
 from .processes import run_child
 
@@ -222,12 +221,20 @@ def _modalities(config: dict[str, Any]) -> list[str]:
 def _media_digest(manifests: list[str | Path], modalities: list[str], memo: SignatureMemo) -> str | None:
     """One digest over the signatures (path + content, see datamodules/signatures.py) of every media
     file of `modalities` the manifests name; None where a manifest cannot be read (the stage then
-    fails with the reason). A missing file counts as such, so its coming back reruns the stage too."""
+    fails with the reason). A missing file counts as such, so its coming back reruns the stage too; a
+    field that is not a path is left out (the stage names or skips that record)."""
     try:
         records = read_manifests(manifests) if all(Path(m).is_file() for m in manifests) else []
-        paths = [record.path(m) for record in records for m in modalities if m in MEDIA_FIELDS and m in record.fields]
-    except (ManifestError, BadRecordError):
+    except ManifestError:
         return None
+    paths = []
+    for record in records:
+        for modality in modalities:
+            if modality in MEDIA_FIELDS and modality in record.fields:
+                try:
+                    paths.append(record.path(modality))
+                except BadRecordError:
+                    continue
     present = [path for path in paths if path.is_file()]
     signatures = dict(zip(present, memo.signatures(present)))
     memo.save()
@@ -362,26 +369,18 @@ class StageRun:
         self.folder.rename(target)
 
 
-@contextlib.contextmanager
-def stage_lock(path: Path, folder: Path) -> Iterator[None]:
-    """Hold an exclusive lock on `path` with this process's pid in it, or stop with the holder's pid.
-    The lock is the kernel's (flock): it goes with the process holding it, so a killed runner leaves
-    none behind, and its stage process dies with it (stages/processes.py)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a+") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "unknown"
-            raise PipelineError(
-                f"stage folder {folder} is in use by another pipeline run (pid {holder}, holding {path}); wait"
-                f" for it to finish, or stop it (kill {holder}) and run the same command again to resume"
-            ) from None
-        handle.truncate(0)
-        handle.write(f"{os.getpid()}\n")
-        handle.flush()
-        yield
+def stage_lock(path: Path, folder: Path) -> contextlib.AbstractContextManager[None]:
+    """Hold the stage's lock, or stop naming the runner that holds it. The lock goes with the process
+    holding it, so a killed runner leaves none behind, and its stage process dies with it
+    (stages/processes.py)."""
+
+    def refuse(holder: str) -> None:
+        raise PipelineError(
+            f"stage folder {folder} is in use by another pipeline run (pid {holder}, holding {path}); wait"
+            f" for it to finish, or stop it (kill {holder}) and run the same command again to resume"
+        )
+
+    return exclusive_lock(path, refuse)
 
 
 def weights_digest(folder: Path) -> str | None:

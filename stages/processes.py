@@ -25,16 +25,24 @@ def run_child(command: Sequence[str]) -> int:
     SIGTERM and SIGINT to that group; returns its exit code (negative: the signal that ended it)."""
     process = subprocess.Popen(list(command), preexec_fn=_die_with_parent(os.getpid()), process_group=0)
 
+    received: list[int] = []
+
     def forward(signum: int, frame: object) -> None:
+        received.append(signum)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signum)
 
     previous = {signum: signal.signal(signum, forward) for signum in FORWARDED}
     try:
-        return process.wait()
+        returncode = process.wait()
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+    if received:
+        # The runner was told to stop too, even if its child finished cleanly meanwhile: take the
+        # signal now, as if it had come without a child in between, rather than start the next stage.
+        signal.raise_signal(received[0])
+    return returncode
 
 
 def _die_with_parent(parent: int) -> Callable[[], None] | None:

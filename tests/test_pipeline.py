@@ -96,7 +96,14 @@ def test_hash_follows_the_stages_own_media_files_even_with_size_and_time_kept(tm
     after_image = hashes()
     assert after_image[0] != after_audio[0] and after_image[1] != after_audio[1]
     (manifest.parent / first["image"]).unlink()  # a file gone is a change too
-    assert hashes()[0] != after_image[0]
+    gone = hashes()
+    assert gone[0] != after_image[0]
+    lines = manifest.read_text().splitlines()
+    lines[0] = json.dumps({**first, "image": None})  # a record the stage will skip or name
+    manifest.write_text("\n".join(lines) + "\n")
+    with_bad_record = hashes()
+    edit_in_place(manifest.parent / json.loads(lines[1])["image"])  # the other records still count
+    assert hashes()[0] != with_bad_record[0]
 
 
 def test_pipeline_config_errors_are_named(tmp_path):
@@ -236,10 +243,12 @@ def test_a_second_runner_on_a_busy_stage_stops_and_names_the_holder(two_stages, 
     assert fake_fit == ["up", "align-audio"]
 
 
-# A runner (run_child) whose stage process writes its pid and sleeps.
+# A runner (run_child) whose stage process writes its pid and sleeps; the graceful one ends cleanly
+# (exit 0) on SIGTERM, as a stage caught while exporting may.
 SLEEPER = "import os, sys, time; open(sys.argv[1], 'w').write(str(os.getpid())); time.sleep(600)"
+GRACEFUL = "import signal, sys; signal.signal(signal.SIGTERM, lambda *_: sys.exit(0)); " + SLEEPER
 RUNNER = ("import sys; from stages.processes import run_child;"
-          f" sys.exit(run_child([sys.executable, '-c', {SLEEPER!r}, sys.argv[1]]))")
+          " sys.exit(run_child([sys.executable, '-c', sys.argv[2], sys.argv[1]]))")
 
 
 def _alive(pid):
@@ -257,9 +266,9 @@ def _wait_until(condition, seconds=60):
     return condition()
 
 
-def _runner_and_its_stage(tmp_path):
+def _runner_and_its_stage(tmp_path, stage_code=SLEEPER):
     pid_file = tmp_path / "stage.pid"
-    runner = subprocess.Popen([sys.executable, "-c", RUNNER, str(pid_file)],
+    runner = subprocess.Popen([sys.executable, "-c", RUNNER, str(pid_file), stage_code],
                               env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert _wait_until(lambda: pid_file.is_file() and pid_file.read_text()), "the stage process never started"
     return runner, int(pid_file.read_text())
@@ -281,8 +290,19 @@ def test_sigterm_to_the_runner_reaches_its_stage_process(tmp_path):
     runner, stage = _runner_and_its_stage(tmp_path)
     try:
         runner.terminate()
-        assert runner.wait(timeout=60) == -signal.SIGTERM % 256  # the stage's end, passed on as the exit status
+        # The runner ends by the signal it was sent, once the stage it passed it on to has ended.
+        assert runner.wait(timeout=60) == -signal.SIGTERM
         assert not _alive(stage)
+    finally:
+        if _alive(stage):
+            os.kill(stage, signal.SIGKILL)
+
+
+def test_a_runner_told_to_stop_stops_even_when_its_stage_ends_cleanly(tmp_path):
+    runner, stage = _runner_and_its_stage(tmp_path, GRACEFUL)
+    try:
+        runner.terminate()
+        assert runner.wait(timeout=60) == -signal.SIGTERM  # not 0: no next stage, no evaluation
     finally:
         if _alive(stage):
             os.kill(stage, signal.SIGKILL)

