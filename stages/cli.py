@@ -21,6 +21,8 @@ from typing import Callable, Optional, Sequence
 
 from jsonargparse import ArgumentParser, Namespace
 
+from .processes import die_with_parent_under_runner
+
 DEBUG_VARIABLE = "ONEENCODER_DEBUG"
 PROJECT = Path(__file__).resolve().parents[1]
 PACKAGES = ("oneencoder", "datamodules", "stages")
@@ -252,6 +254,7 @@ TOOL_COMMANDS = {"data": data_command, "cache": cache_command, "pipeline": pipel
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    die_with_parent_under_runner()
     # Frozen encoders stay in eval mode on purpose; Lightning's warning about that is noise here.
     warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
     words = list(sys.argv[1:] if argv is None else argv)

@@ -18,12 +18,14 @@ from typing import Callable, Sequence
 
 PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 FORWARDED = (signal.SIGTERM, signal.SIGINT)
+UNDER_RUNNER = "ONEENCODER_UNDER_RUNNER"  # set for a stage child, inherited by the DDP ranks it starts
 
 
 def run_child(command: Sequence[str]) -> int:
     """Run `command` in its own process group as a child that dies with this process, forwarding
     SIGTERM and SIGINT to that group; returns its exit code (negative: the signal that ended it)."""
-    process = subprocess.Popen(list(command), preexec_fn=_die_with_parent(os.getpid()), process_group=0)
+    process = subprocess.Popen(list(command), preexec_fn=_die_with_parent(os.getpid()), process_group=0,
+                               env={**os.environ, UNDER_RUNNER: "1"})
 
     received: list[int] = []
 
@@ -60,3 +62,15 @@ def _die_with_parent(parent: int) -> Callable[[], None] | None:
             os._exit(1)
 
     return preexec
+
+
+def die_with_parent_under_runner() -> None:
+    """In a process a runner started, directly or not: ask Linux to kill this process when its own
+    parent dies. Every `oneencoder` command calls it first, so the DDP ranks a stage child starts die
+    with that child, which dies with the runner: a runner killed outright leaves no rank holding a GPU."""
+    if os.environ.get(UNDER_RUNNER) != "1" or not sys.platform.startswith("linux"):
+        return
+    parent = os.getppid()
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os._exit(1)

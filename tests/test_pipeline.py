@@ -286,6 +286,30 @@ def test_a_stage_process_dies_with_its_runner(tmp_path):
             os.kill(stage, signal.SIGKILL)
 
 
+# A stage child that starts a rank of its own, as a DDP launch does; both run what every command runs first.
+RANKS = ("import subprocess, sys, time; from stages.processes import die_with_parent_under_runner;"
+         " die_with_parent_under_runner();"
+         " subprocess.Popen([sys.executable, '-c', 'from stages.processes import die_with_parent_under_runner;"
+         " die_with_parent_under_runner(); ' + sys.argv[2], sys.argv[1]]); time.sleep(600)")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_a_rank_started_by_the_stage_dies_with_the_runner_too(tmp_path):
+    pid_file = tmp_path / "rank.pid"
+    stage_code = RANKS.replace("sys.argv[2]", repr(SLEEPER))
+    runner = subprocess.Popen([sys.executable, "-c", RUNNER, str(pid_file), stage_code],
+                              env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert _wait_until(lambda: pid_file.is_file() and pid_file.read_text()), "the rank never started"
+    rank = int(pid_file.read_text())
+    try:
+        runner.kill()
+        runner.wait()
+        assert _wait_until(lambda: not _alive(rank)), "a rank outlived the runner"
+    finally:
+        if _alive(rank):
+            os.kill(rank, signal.SIGKILL)
+
+
 def test_sigterm_to_the_runner_reaches_its_stage_process(tmp_path):
     runner, stage = _runner_and_its_stage(tmp_path)
     try:
