@@ -2,8 +2,9 @@
 
 A stage command runs as a child that Linux kills when the runner dies (PR_SET_PDEATHSIG): a runner
 killed alone leaves no stage training on behind it, which a rerun would train a second copy beside.
-The SIGTERM or SIGINT the runner gets reaches the child's whole process group (its DDP ranks and
-data workers), as Ctrl-C would without a runner in between.
+The ranks a DDP stage starts ask for the same when their command starts (die_with_parent_under_runner),
+so they die with the stage child. The SIGTERM or SIGINT the runner gets reaches the child's whole
+process group (its DDP ranks and data workers), as Ctrl-C would without a runner in between.
 """
 
 from __future__ import annotations
