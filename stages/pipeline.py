@@ -218,17 +218,21 @@ def _modalities(config: dict[str, Any]) -> list[str]:
     return list(parameter.default) if parameter is not None and parameter.default is not inspect.Parameter.empty else []
 
 
-def _media_digest(manifests: list[str | Path], modalities: list[str], memo: SignatureMemo) -> str | None:
+def _media_digest(manifests: list[str | Path], modalities: list[str], memo: SignatureMemo,
+                  split: str | None = None) -> str | None:
     """One digest over the signatures (path + content, see datamodules/signatures.py) of every media
     file of `modalities` the manifests name; None where a manifest cannot be read (the stage then
     fails with the reason). A missing file counts as such, so its coming back reruns the stage too; a
-    field that is not a path is left out (the stage names or skips that record)."""
+    field that is not a path is left out (the stage names or skips that record). With `split`, only
+    that split's records count (an evaluation reads no other)."""
     try:
         records = read_manifests(manifests) if all(Path(m).is_file() for m in manifests) else []
     except ManifestError:
         return None
     paths = []
     for record in records:
+        if split is not None and record.split != split:
+            continue
         for modality in modalities:
             if modality in MEDIA_FIELDS and modality in record.fields:
                 try:
@@ -456,7 +460,7 @@ def _evaluate(spec: EvaluationSpec, output: Path, final: Path, weights: str, tra
     key = hashlib.sha256(json.dumps({"model": weights, "evaluation": settings,
                                      "manifest": _file_digest(Path(spec.manifest)),
                                      "media": _media_digest([spec.manifest], spec.modalities or list(MEDIA_FIELDS),
-                                                            _signature_memo(output))},
+                                                            _signature_memo(output), spec.split)},
                                     sort_keys=True).encode()).hexdigest()
     stem = f"results-{name}" if name else "results"
     results_path = output / f"{stem}.json"
