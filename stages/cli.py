@@ -1,6 +1,7 @@
 """The `oneencoder` command: LightningCLI's fit / validate / test / predict for every stage, plus
 `oneencoder data ...` to build data sets, `oneencoder cache` to encode a stage's data once,
-`oneencoder pipeline` to chain stages and `oneencoder evaluate` for retrieval between all modalities.
+`oneencoder pipeline` to chain stages, `oneencoder evaluate` for retrieval between all modalities and
+`oneencoder compare` to put finished pipelines' results side by side.
 
 A user's mistake (a path that is not there, a malformed manifest or config, a dataset not laid out as
 its converter expects, a stale feature cache) ends any command with one line on stderr,
@@ -238,6 +239,28 @@ def evaluate_command(argv: Sequence[str]) -> None:
     print(evaluation.markdown())
 
 
+def compare_command(argv: Sequence[str]) -> None:
+    from .compare import compare, write_page
+
+    parser = ArgumentParser(
+        prog="oneencoder compare",
+        description="One results page putting pipelines side by side (retrieval, zero-shot accuracy,"
+        " forgetting, trainable parameters and wall time per stage, router weights), read from what"
+        " `oneencoder pipeline` wrote: nothing is recomputed.",
+    )
+    parser.add_argument("configs", nargs="+", help="pipeline configs whose runs finished, e.g."
+                        " configs/pipeline/demo.yaml configs/pipeline/demo_moe.yaml")
+    parser.add_argument("--labels", nargs="+", default=None, help="a label per config (default: each file's stem)")
+    parser.add_argument("--evaluation", default=None,
+                        help="the named evaluation to compare (default: each config's first)")
+    parser.add_argument("--output", default=None, help="also write the page to this markdown file")
+    args = parser.parse_args(list(argv))
+    page = compare(args.configs, args.labels, args.evaluation)
+    if args.output:
+        write_page(page, args.output)
+    print(page)
+
+
 def lightning_command(argv: Sequence[str] | None) -> None:
     """fit / validate / test / predict: LightningCLI, reading sys.argv when `argv` is None."""
     from .lightning_cli import OneEncoderCLI
@@ -250,7 +273,8 @@ def lightning_command(argv: Sequence[str] | None) -> None:
     )
 
 
-TOOL_COMMANDS = {"data": data_command, "cache": cache_command, "pipeline": pipeline_command, "evaluate": evaluate_command}
+TOOL_COMMANDS = {"data": data_command, "cache": cache_command, "pipeline": pipeline_command,
+                 "evaluate": evaluate_command, "compare": compare_command}
 
 
 def main(argv: Sequence[str] | None = None) -> None:

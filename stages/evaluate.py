@@ -1,7 +1,8 @@
 """Retrieval between every pair of a model's modalities on a manifest split, both directions, with
 the chance level beside each figure: pairs never trained together included (transitive alignment).
 Records with a `label` are also classified zero-shot, OneEncoder's CIFAR-10 protocol: each class name
-in prompt templates, embedded as text, averaged over the templates, nearest class wins."""
+in prompt templates, embedded as text, averaged over the templates, nearest class wins. For a mixture
+of projection experts, each modality's mean router weight per expert is reported beside them."""
 
 from __future__ import annotations
 
@@ -27,13 +28,17 @@ from oneencoder.files import atomic_write_text
 from oneencoder.readers import DEFAULT_MAX_PIXELS, build_reader
 from oneencoder.retrieval import chance_levels, check_finite, first_relevant_ranks, recall_at_k
 
+from .compare import routing_table
+
 
 @dataclass
 class Embedded:
-    """One modality's embeddings on a split: a row per item, `owners` the record index of each row."""
+    """One modality's embeddings on a split: a row per item, `owners` the record index of each row;
+    `routing` each row's router weights per expert (rows, K) for a mixture of experts, else None."""
 
     embeddings: Tensor
     owners: Tensor
+    routing: Tensor | None = None
 
 
 @dataclass
@@ -74,6 +79,7 @@ class Evaluation:
     trained: set[frozenset[str]] | None = None
     unpaired: list[str] = field(default_factory=list)  # pairs of modalities no record has both of
     zero_shot: list[ZeroShotResult] = field(default_factory=list)
+    routing: dict[str, list[float]] = field(default_factory=dict)  # modality -> mean weight per expert (MoE)
 
     def to_dict(self) -> dict[str, Any]:
         """results.json: flat metric names (`audio->image/R@1`) with the chance levels beside them."""
@@ -96,12 +102,17 @@ class Evaluation:
                 "sizes": {z.modality: {"records": z.records, "classes": z.classes, "templates": z.templates}
                           for z in self.zero_shot},
             }
+        if self.routing:
+            data["routing"] = self.routing
         return data
 
     def markdown(self) -> str:
         lines = self._retrieval_lines()
         if self.unpaired:
             lines += ["", f"No record has both of: {', '.join(self.unpaired)} (not evaluated)."]
+        if self.routing:
+            lines += ["", "Router weights: each modality's mean weight per expert over the split's items", "",
+                      *routing_table(self.routing)]
         return "\n".join(lines + self._zero_shot_lines()) + "\n"
 
     def _retrieval_lines(self) -> list[str]:
@@ -159,8 +170,10 @@ def embed_records(
     skip_bad_records: bool = False,
     max_image_pixels: int | None = DEFAULT_MAX_PIXELS,
 ) -> Embedded:
-    """Every item of `modality` in `records` (all captions for text), read, encoded and projected;
-    with `skip_bad_records`, items that cannot be read are left out (and logged) instead of failing."""
+    """Every item of `modality` in `records` (all captions for text), read, encoded and projected,
+    with each item's router weights when the model is a mixture of experts (from the same encoder
+    features: the encoder, by far the dearest part, runs once); with `skip_bad_records`, items that
+    cannot be read are left out (and logged) instead of failing."""
     encoder = model.encoders[modality]
     readers = {} if modality == "text" else {
         modality: build_reader(modality, encoder.preprocessor, video_backend, max_image_pixels)
@@ -169,16 +182,20 @@ def embed_records(
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers,
                         collate_fn=PairCollator({modality: encoder.preprocessor}, (modality,)))
     device = next(model.parameters()).device
-    chunks, owners = [], []
+    chunks, owners, routing = [], [], []
     for batch in tqdm(loader, desc=f"embedding {modality}", unit="batch", leave=False):
         if not batch["size"]:  # every record of the batch skipped
             continue
         inputs = {k: v.to(device) for k, v in batch["inputs"][modality].items()}
-        chunks.append(model({modality: inputs})[modality].float().cpu())
+        encoded = model.encode(modality, inputs)
+        chunks.append(model.project(modality, encoded.features, encoded.mask).float().cpu())
+        weights = model.routing(modality, encoded.features, encoded.mask)
+        if weights is not None:
+            routing.append(weights.float().cpu())
         owners.append(batch["owners"][modality][:, 0])
     if not chunks:
         raise BadRecordError(f"none of the {len(records)} records' {modality} items could be read (all skipped as bad)")
-    return Embedded(torch.cat(chunks), torch.cat(owners))
+    return Embedded(torch.cat(chunks), torch.cat(owners), torch.cat(routing) if routing else None)
 
 
 def pair_result(query: str, gallery: str, a: Embedded, b: Embedded, ks: Sequence[int]) -> PairResult:
@@ -252,7 +269,8 @@ def evaluate(
     records share; then zero-shot classification of the labelled records' non-text items among
     `classes` (default: the split's labels), each prompt made from `templates`. With
     `skip_bad_records`, a media file that is missing or does not decode leaves its record out of the
-    pairs and classes that need it, instead of failing."""
+    pairs and classes that need it, instead of failing. A mixture of experts' mean router weights per
+    modality (over the items embedded for retrieval) go to `routing`."""
     records = split_records(manifest, split)
     present = [m for m in (modalities or model.modalities) if any(m in r.fields for r in records)]
     missing = sorted(set(modalities or ()) - set(present))
@@ -264,8 +282,9 @@ def evaluate(
         rows = embed_records(model, [records[i] for i in positions], m, batch_size, num_workers, video_backend,
                              skip_bad_records, max_image_pixels)
         check_finite(rows.embeddings, m, f"{manifest} ({split!r} split)")
-        embedded[m] = Embedded(rows.embeddings, positions[rows.owners])  # owners as indices into `records`
+        embedded[m] = Embedded(rows.embeddings, positions[rows.owners], rows.routing)  # owners index `records`
     evaluation = Evaluation(str(manifest), split)
+    evaluation.routing = {m: e.routing.mean(0).tolist() for m, e in embedded.items() if e.routing is not None}
     for a, b in itertools.permutations(present, 2):
         if any(a in r.fields and b in r.fields for r in records):
             evaluation.results.append(pair_result(a, b, embedded[a], embedded[b], ks))

@@ -5,8 +5,11 @@ import json
 
 import pytest
 import torch
+from conftest import tiny_model_config
 from torch.nn.functional import normalize
 
+from oneencoder import OneEncoder
+from oneencoder.config import ProjectionConfig
 from oneencoder.retrieval import NonFiniteEmbeddingError
 from stages.evaluate import (
     Embedded,
@@ -132,3 +135,27 @@ def test_a_model_with_a_nan_weight_is_refused_not_scored(tiny_model, shapes_mani
         next(tiny_model.heads["text"].parameters())[0].fill_(float("nan"))  # only text embeddings break
     with pytest.raises(NonFiniteEmbeddingError, match=r"(\d+) of \1 text embeddings on .*'test' split"):
         evaluate(tiny_model, str(shapes_manifest))
+
+
+def _mixture(router: str) -> OneEncoder:
+    torch.manual_seed(0)
+    return OneEncoder(tiny_model_config(projection=ProjectionConfig(kind="moe", experts=3, router=router))).eval()
+
+
+def test_a_mixture_reports_each_modality_s_mean_router_weight_per_expert(shapes_manifest):
+    evaluation = evaluate(_mixture("soft"), str(shapes_manifest))
+    assert set(evaluation.routing) == {"image", "text"}
+    for weights in evaluation.routing.values():
+        assert len(weights) == 3 and all(w > 0 for w in weights) and sum(weights) == pytest.approx(1.0)
+    assert evaluation.to_dict()["routing"] == evaluation.routing
+    table = evaluation.markdown()
+    assert "| modality | expert 1 | expert 2 | expert 3 |" in table
+    assert "| image | " + " | ".join(f"{w:.3f}" for w in evaluation.routing["image"]) + " |" in table
+    constant = evaluate(_mixture("constant"), str(shapes_manifest), modalities=["image", "text"])
+    assert constant.routing == {m: pytest.approx([1 / 3] * 3) for m in ("image", "text")}
+
+
+def test_a_universal_projection_has_no_router_to_report(tiny_model, shapes_manifest):
+    evaluation = evaluate(tiny_model, str(shapes_manifest))
+    assert evaluation.routing == {} and "routing" not in evaluation.to_dict()
+    assert "Router weights" not in evaluation.markdown()
