@@ -6,7 +6,9 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-FUSIONS = ("add", "multiply", "concat", "cross_attention")
+FUSIONS = ("add", "multiply", "concat", "cross_attention", "resample")
+PROJECTIONS = ("up", "moe")
+ROUTERS = ("soft", "constant")
 Config = TypeVar("Config")
 
 
@@ -71,12 +73,41 @@ class HeadConfig:
 
 
 @dataclass
+class ProjectionConfig:
+    """The shared projection: OneEncoder's single Universal Projection (``up``), or OneLLM's mixture
+    of ``experts`` projections weighted per token by a router per modality (``moe``).
+
+    Each expert has the UP's shape (``up_layers``, ``up_heads``, ``up_ff_dim``, ``up_dropout`` of the
+    model config). A ``soft`` router is an MLP d -> ``router_hidden_dim`` (None: 4 * d) -> experts;
+    a ``constant`` router gives every expert 1/experts (OneLLM's ablation), with no parameters.
+    """
+
+    kind: str = "up"
+    experts: int = 3
+    router_hidden_dim: int | None = None
+    router: str = "soft"
+
+    def __post_init__(self) -> None:
+        if self.kind not in PROJECTIONS:
+            raise ValueError(f"projection.kind must be one of {PROJECTIONS} (got {self.kind!r})")
+        if self.router not in ROUTERS:
+            raise ValueError(f"projection.router must be one of {ROUTERS} (got {self.router!r})")
+        if not isinstance(self.experts, int) or self.experts < 1:
+            raise ValueError(f"projection.experts must be an integer >= 1 (got {self.experts!r})")
+        if self.router_hidden_dim is not None and self.router_hidden_dim < 1:
+            raise ValueError(
+                f"projection.router_hidden_dim must be >= 1, or null for 4 * embed_dim (got {self.router_hidden_dim!r})"
+            )
+
+
+@dataclass
 class OneEncoderConfig:
     """OneEncoder's model: per-modality heads and tokens around one shared Universal Projection.
 
     Defaults are the paper's: d = 256, one UP layer with 4 heads and PyTorch's transformer defaults,
     one 3-d modality token through an MLP 3 -> 64 -> 128 -> d, fusion by addition. ``heads`` sets a
-    modality's head or Alignment Layer; modalities not in it get ``HeadConfig()``.
+    modality's head or Alignment Layer; modalities not in it get ``HeadConfig()``. ``projection``
+    chooses between that UP and OneLLM's mixture of experts (a folder without it holds a UP).
     """
 
     encoders: dict[str, EncoderConfig]
@@ -90,6 +121,7 @@ class OneEncoderConfig:
     up_heads: int = 4
     up_ff_dim: int = 2048
     up_dropout: float = 0.1
+    projection: ProjectionConfig = field(default_factory=ProjectionConfig)
 
     def __post_init__(self) -> None:
         self.encoders = {
@@ -100,6 +132,9 @@ class OneEncoderConfig:
         if strays:
             raise ValueError(f"`heads` names modalities without an encoder: {strays}; encoders: {sorted(self.encoders)}")
         self.token_hidden_dims = tuple(self.token_hidden_dims)
+        self.projection = from_fields(ProjectionConfig, self.projection, "projection")
+        if self.num_modality_tokens < 1:
+            raise ValueError(f"num_modality_tokens must be >= 1 (got {self.num_modality_tokens})")
         if self.fusion not in FUSIONS:
             raise ValueError(f"fusion must be one of {FUSIONS} (got {self.fusion!r})")
         if self.embed_dim % self.up_heads:

@@ -22,18 +22,18 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from .config import EncoderConfig, HeadConfig, OneEncoderConfig
+from .config import EncoderConfig, HeadConfig, OneEncoderConfig, ProjectionConfig
 from .encoders import EncoderOutput, FrozenEncoder, build_encoder
 from .files import FILE_MODE, atomic_write_text, atomic_write_with
 from .fusion import TokenFusion
 from .heads import ModalityToken, ProjectionHead
-from .projection import UniversalProjection, masked_mean, normalize
+from .projection import MixtureProjection, UniversalProjection, masked_mean, normalize
 from .readers import build_reader
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 FORMAT = "oneencoder"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: `projection` (a UP or a mixture of experts); a version-1 folder holds a UP
 ENCODER_FOLDER = "encoders"  # where save_pretrained writes encoders that have no name to fetch them by
 REEXPORT_HINT = "copy the whole folder again, or export the model again from its stage"
 
@@ -63,7 +63,7 @@ class OneEncoder(nn.Module):
         for modality in config.encoders:
             self._build_modality(modality)
         self.fusion = TokenFusion(config.fusion, d, config.up_heads)
-        self.up = UniversalProjection(d, config.up_layers, config.up_heads, config.up_ff_dim, config.up_dropout)
+        self.up = _build_projection(config)
 
     def _build_modality(self, modality: str) -> None:
         config = self.config
@@ -75,14 +75,56 @@ class OneEncoder(nn.Module):
             config.num_modality_tokens, config.token_dim, config.token_hidden_dims, config.embed_dim
         )
 
-    def add_modality(self, modality: str, encoder: EncoderConfig, head: HeadConfig | None = None) -> None:
-        """Give the model a new modality: its encoder, a fresh head (the Alignment Layer) and modality
-        token. Nothing existing changes, so the other modalities' embeddings stay what they were."""
+    def add_modality(
+        self, modality: str, encoder: EncoderConfig, head: HeadConfig | None = None, tokens_from: str | None = None
+    ) -> None:
+        """Give the model a new modality: its encoder, a fresh head (the Alignment Layer), modality
+        tokens (a copy of `tokens_from`'s, when given: OneLLM starts new tokens from trained ones)
+        and, in a mixture, a router. Nothing existing changes, so the other modalities' embeddings
+        stay what they were."""
+        if tokens_from is not None and tokens_from not in self.tokens:
+            raise ValueError(
+                f"tokens_from={tokens_from!r} is not a modality of this model ({self.modalities}); name one"
+                " whose modality tokens the new modality should start from, or leave it unset"
+            )
         self.config = self.config.with_modality(modality, encoder, head)
         self._build_modality(modality)
         device = next(self.up.parameters()).device
         self.heads[modality].to(device)
         self.tokens[modality].to(device)
+        if tokens_from is not None:
+            self.tokens[modality].load_state_dict(self.tokens[tokens_from].state_dict())
+        if isinstance(self.up, MixtureProjection):
+            self.up.add_router(modality)
+
+    def to_mixture(self, projection: ProjectionConfig, experts_from_up: bool = True) -> OneEncoder:
+        """A new model with this one's encoders, heads, tokens and fusion around a mixture of experts
+        (OneLLM's stage 1 -> later stages). With `experts_from_up` every expert starts as a copy of
+        this model's UP, so the embeddings are unchanged (up to rounding) until training moves them;
+        otherwise the experts start fresh. Routers always start fresh."""
+        if isinstance(self.up, MixtureProjection):
+            raise ValueError("this model's projection is already a mixture of experts; to_mixture turns a UP into one")
+        if projection.kind != "moe":
+            raise ValueError(f"to_mixture needs a projection config with kind 'moe' (got {projection.kind!r})")
+        mixture = OneEncoder(dataclasses.replace(self.config, projection=projection))
+        mixture.encoders = dict(self.encoders)  # the same frozen handles: loaded once, identical features
+        for name in ("heads", "tokens", "fusion"):
+            getattr(mixture, name).load_state_dict(getattr(self, name).state_dict())
+        if experts_from_up:
+            for expert in mixture.up.experts:
+                expert.load_state_dict(self.up.state_dict())
+        reference = next(self.parameters())
+        return mixture.to(device=reference.device, dtype=reference.dtype).train(self.training)
+
+    def modality_parts(self, modality: str) -> list[str]:
+        """Parameter-name prefixes that belong to `modality` alone (what an align stage trains):
+        its head, its tokens and, in a mixture, its router when that has parameters."""
+        if modality not in self.encoders:
+            raise ValueError(f"no modality {modality!r}; this model has {self.modalities}")
+        parts = [f"heads.{modality}", f"tokens.{modality}"]
+        if isinstance(self.up, MixtureProjection) and list(self.up.routers[modality].parameters()):
+            parts.append(f"up.routers.{modality}")
+        return parts
 
     @property
     def modalities(self) -> list[str]:
@@ -96,14 +138,25 @@ class OneEncoder(nn.Module):
 
     def project(self, modality: str, features: Tensor, mask: Tensor) -> Tensor:
         """Token features (batch, length, D_m) + mask (batch, length) -> embeddings (batch, d), unit norm."""
+        fused, fused_mask = self._fuse(modality, features, mask)
+        projected = self.up(fused, fused_mask, modality)
+        projected, fused_mask = self.fusion.strip(projected, fused_mask, self.config.num_modality_tokens)
+        return normalize(masked_mean(projected, fused_mask))
+
+    def routing(self, modality: str, features: Tensor, mask: Tensor) -> Tensor | None:
+        """(batch, K): each item's router weights averaged over the real tokens the experts see
+        (the router analysis); None for a UP, which has no experts to weigh."""
+        if not isinstance(self.up, MixtureProjection):
+            return None
+        fused, fused_mask = self._fuse(modality, features, mask)
+        return masked_mean(self.up.weights(fused, modality), fused_mask)
+
+    def _fuse(self, modality: str, features: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        """Head, then modality-token fusion: the tokens (and their mask) that enter the projection."""
         head = self.heads[modality]
         # fp16 cached features, or fp32 encoder outputs under a bf16-true model, meet the head's dtype.
         tokens = head(features.to(next(head.parameters()).dtype))
-        modality_tokens = self.tokens[modality]()
-        fused, fused_mask = self.fusion(tokens, mask, modality_tokens)
-        projected = self.up(fused, fused_mask)
-        projected, fused_mask = self.fusion.strip(projected, fused_mask, self.config.num_modality_tokens)
-        return normalize(masked_mean(projected, fused_mask))
+        return self.fusion(tokens, mask, self.tokens[modality]())
 
     def forward(self, inputs: dict[str, ModalityInputs]) -> dict[str, Tensor]:
         """{modality: inputs} -> {modality: (batch, d) embeddings}."""
@@ -197,6 +250,13 @@ class OneEncoder(nn.Module):
         model = cls(config)
         _load_weights(model, weights_path)
         return model.eval()
+
+
+def _build_projection(config: OneEncoderConfig) -> UniversalProjection | MixtureProjection:
+    shape = (config.embed_dim, config.up_layers, config.up_heads, config.up_ff_dim, config.up_dropout)
+    if config.projection.kind == "moe":
+        return MixtureProjection(*shape, config.projection, list(config.encoders))
+    return UniversalProjection(*shape)
 
 
 def _replace_folder(target: Path, write: Callable[[Path], None]) -> None:
