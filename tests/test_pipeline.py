@@ -1,5 +1,6 @@
 """The stage runner: resolved stage configs, hashes, and the whole chain on the planted set."""
 
+import dataclasses
 import json
 import logging
 import os
@@ -8,17 +9,18 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from conftest import tiny_model_config
+from conftest import tiny_encoder, tiny_model_config
 from safetensors.torch import load_file
 
 from oneencoder import OneEncoder
-from stages.pipeline import (PipelineError, PipelineSpec, StageSpec, plan, resolve_stage_config, run_pipeline,
-                             stage_lock)
+from stages.pipeline import (PipelineError, PipelineSpec, StageSpec, merge_stage_configs, plan, resolve_stage_config,
+                             run_pipeline, stage_lock)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -158,6 +160,68 @@ def test_one_evaluation_may_be_written_without_a_list(tmp_path):
     up = [{"name": "up", "config": str(ROOT / "configs/up.yaml")}]
     spec = PipelineSpec.load(_pipeline(tmp_path, up, evaluation={"manifest": "m", "split": "val"}))
     assert [(e.name, e.manifest, e.split) for e in spec.evaluation] == [(None, "m", "val")]
+
+
+# --- several config files for one stage ---------------------------------------------------------------
+
+
+def _lightning_namespace(files):
+    """What `oneencoder fit --config f1 --config f2 ...` parses, without building anything."""
+    from stages.lightning_cli import OneEncoderCLI
+
+    class ParseOnly(OneEncoderCLI):
+        def instantiate_classes(self):
+            pass
+
+    args = [word for file in files for word in ("--config", str(file))]
+    with warnings.catch_warnings():  # about pytest's own sys.argv beside `args`
+        warnings.simplefilter("ignore")
+        namespace = ParseOnly(subclass_mode_model=True, subclass_mode_data=True, run=False, args=args).config
+    namespace.pop("config")  # the file names themselves
+    return namespace
+
+
+def test_several_stage_configs_merge_as_lightning_cli_merges_them(tmp_path):
+    """A shared base and small overrides: sections and dataclasses merge key by key, lists are
+    replaced, a dict keyed by modality keeps the later file's keys, a new class_path keeps only the
+    init_args the new class takes."""
+    overrides = {
+        "trainer.yaml": {"trainer": {"max_epochs": 2, "callbacks": [
+            {"class_path": "stages.checkpoint.StageCheckpoint", "init_args": {"save_last": True}}]}},
+        "encoders.yaml": {"model": {"init_args": {"model": {"init_args": {"config": {
+            "up_layers": 2, "encoders": {"text": {"vocab": ["a", "b"]}}, "heads": {"text": {"dropout": 0.3}}}}},
+            "optimizer": {"class_path": "torch.optim.SGD", "init_args": {"momentum": 0.5}}}}},
+        "align.yaml": {"model": {"class_path": "stages.AlignStage", "init_args": {
+            "previous": "somewhere", "modality": "audio", "encoder": dataclasses.asdict(tiny_encoder("audio")),
+            "head": {"max_positions": 8}}},
+            "data": {"init_args": {"modalities": ["audio", "text"], "batch_size": 4}}},
+    }
+    for name, config in overrides.items():
+        (tmp_path / name).write_text(yaml.safe_dump(config))
+    for chain in (["trainer.yaml", "encoders.yaml"], ["encoders.yaml", "align.yaml", "trainer.yaml"]):
+        files = [ROOT / "configs/up.yaml", *(tmp_path / name for name in chain)]
+        merged = merge_stage_configs([yaml.safe_load(Path(f).read_text()) for f in files])
+        (tmp_path / "merged.yaml").write_text(yaml.safe_dump(merged))
+        assert _lightning_namespace([tmp_path / "merged.yaml"]) == _lightning_namespace(files), chain
+    init_args = merged["model"]["init_args"]
+    assert "pair" not in init_args and "model" not in init_args  # UPStage's, not AlignStage's
+    assert init_args["optimizer"]["init_args"] == {"lr": 0.001, "weight_decay": 0.001, "momentum": 0.5}
+    assert merged["trainer"]["callbacks"] == overrides["trainer.yaml"]["trainer"]["callbacks"]
+    assert merged["trainer"]["logger"]["init_args"]["name"] == "tensorboard"  # kept from the base
+
+
+def test_a_stage_with_several_configs_runs_and_hashes_their_merge(tmp_path):
+    (tmp_path / "short.yaml").write_text(yaml.safe_dump({"trainer": {"max_epochs": 1}}))
+    stages = [{"name": "up", "config": [str(ROOT / "configs/up.yaml"), str(tmp_path / "short.yaml")]}]
+    up = plan(PipelineSpec.load(_pipeline(tmp_path, stages)))[0]
+    assert up.config["trainer"]["max_epochs"] == 1 and up.config["trainer"]["default_root_dir"] == str(tmp_path / "out/up")
+    assert up.config["model"] == yaml.safe_load((ROOT / "configs/up.yaml").read_text())["model"]
+    alone = plan(PipelineSpec.load(_pipeline(tmp_path, [{"name": "up", "config": str(ROOT / "configs/up.yaml")}])))[0]
+    assert alone.hash != up.hash
+    with pytest.raises(PipelineError, match=r"stage 'up': config .*nope.yaml not found"):
+        plan(PipelineSpec.load(_pipeline(tmp_path, [{"name": "up", "config": [str(ROOT / "configs/up.yaml"), "nope.yaml"]}])))
+    with pytest.raises(PipelineError, match=r"`config` must be a YAML file or a list of them"):
+        plan(PipelineSpec.load(_pipeline(tmp_path, [{"name": "up", "config": []}])))
 
 
 # --- the runner's decisions, with a stand-in for the stage processes -----------------------------------
