@@ -7,6 +7,7 @@ _EXPORTS = {
     **{name: "oneencoder.readers" for name in ("AudioReader", "ImageReader", "MediaError", "VideoReader", "build_reader")},
     **{name: ".manifest" for name in ("BadRecordError", "ManifestError", "Record", "read_manifest", "read_manifests")},
     **{name: ".pairs_dataset" for name in ("PairCollator", "PairDataset")},
+    **{name: ".balanced" for name in ("BalancedDataModule", "Source")},
     "ManifestDataModule": ".pairs",
 }
 __all__ = sorted(_EXPORTS)

@@ -7,7 +7,7 @@ import math
 from typing import Mapping
 
 import torch
-from lightning.pytorch import LightningDataModule
+from lightning.pytorch import LightningDataModule, Trainer
 from torch.utils.data import DataLoader
 
 from oneencoder.encoders import FrozenEncoder
@@ -19,6 +19,13 @@ from .pairs_dataset import SKIP_HINT, PairCollator, PairDataset, Preprocess
 from .sampling import EpochSampler, loader_generator
 
 log = logging.getLogger(__name__)
+
+
+def fit_epoch(trainer: Trainer | None) -> int:
+    """The epoch a training sampler orders by: epochs processed so far, which is what Lightning gives
+    samplers' `set_epoch` (a run resumed from an end-of-epoch checkpoint has already advanced it, while
+    `current_epoch` lags there); 0 outside a trainer."""
+    return trainer.fit_loop.epoch_progress.current.processed if trainer is not None else 0
 
 
 class ManifestDataModule(LightningDataModule):
@@ -161,7 +168,9 @@ class ManifestDataModule(LightningDataModule):
             usable.append(record)
         return usable, skipped
 
-    def _loader(self, split: str, train: bool) -> DataLoader:
+    def pair_batches(self, split: str) -> tuple[PairDataset, PairCollator]:
+        """A split's dataset and the collator that makes its items batches (BalancedDataModule batches
+        several modules' datasets with their own collators)."""
         if self.caches:
             preprocessors: Mapping[str, Preprocess] = {m: pad_features for m in self.modalities}
             readers: dict[str, Reader] = {}
@@ -177,14 +186,18 @@ class ManifestDataModule(LightningDataModule):
         if not records:
             raise ValueError(f"{self.manifest} has no {split!r} records with {' and '.join(self.modalities)}")
         dataset = PairDataset(records, self.modalities, self.skip_bad_records, caches=self.caches, readers=readers)
+        return dataset, PairCollator(preprocessors, self.modalities)
+
+    def _loader(self, split: str, train: bool) -> DataLoader:
+        dataset, collator = self.pair_batches(split)
         return DataLoader(
             dataset,
             batch_size=self.batch_size if train else self.eval_batch_size,
-            sampler=EpochSampler(len(records), self._epoch) if train else None,
-            drop_last=train and self._records_per_process(len(records)) > self.batch_size,
+            sampler=EpochSampler(len(dataset), self._epoch) if train else None,
+            drop_last=train and self._records_per_process(len(dataset)) > self.batch_size,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
-            collate_fn=PairCollator(preprocessors, self.modalities),
+            collate_fn=collator,
             generator=loader_generator(),
         )
 
@@ -196,9 +209,7 @@ class ManifestDataModule(LightningDataModule):
         return math.ceil(count / world_size)
 
     def _epoch(self) -> int:
-        # Epochs processed so far, which is what Lightning gives samplers' set_epoch: a run resumed
-        # from an end-of-epoch checkpoint has already advanced it, while `current_epoch` lags there.
-        return self.trainer.fit_loop.epoch_progress.current.processed if self.trainer is not None else 0
+        return fit_epoch(self.trainer)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", train=True)

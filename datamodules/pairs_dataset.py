@@ -83,10 +83,12 @@ class PairDataset(Dataset):
 
 class PairCollator:
     """Items -> {"inputs": {modality: encoder inputs}, "owners": {modality: (rows, 2)}, "size",
-    "num_skipped"}.
+    "num_skipped", "modalities"}.
 
     Rows [0, size) of every modality are the records' pairs, in order; rows after that (extra
     captions in evaluation) follow. `owners` gives each row's (record index, row within record).
+    `modalities` names the pair, even in an empty batch: a stage fed by several sources (see
+    BalancedDataModule) learns from it which pair a batch holds.
     """
 
     def __init__(self, preprocessors: Mapping[str, Preprocess], modalities: tuple[str, ...]) -> None:
@@ -95,7 +97,8 @@ class PairCollator:
 
     def __call__(self, items: list[dict[str, Any] | None]) -> dict[str, Any]:
         kept = [item for item in items if item is not None]
-        batch: dict[str, Any] = {"inputs": {}, "owners": {}, "size": len(kept), "num_skipped": len(items) - len(kept)}
+        batch: dict[str, Any] = {"inputs": {}, "owners": {}, "size": len(kept), "num_skipped": len(items) - len(kept),
+                                 "modalities": self.modalities}
         if not kept:
             return batch
         for modality in self.modalities:
