@@ -1,5 +1,6 @@
 """Write the stage's output folder: model.safetensors + config.json (the best model so far by the
-monitored metric) and metrics.json, so the folder alone rebuilds the model."""
+monitored metric) and metrics.json (with the stage's trainable parameter count, which the runner
+reports per stage), so the folder alone rebuilds the model."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any
 from lightning.pytorch import Callback, LightningModule, Trainer
 
 from oneencoder.files import atomic_write_text
+from oneencoder.freezing import count_parameters
 
 
 class ExportPretrained(Callback):
@@ -63,5 +65,5 @@ class ExportPretrained(Callback):
         pl_module.model.save_pretrained(folder)
         metrics = {k: float(v) for k, v in sorted(trainer.callback_metrics.items()) if v.numel() == 1}
         payload = {"epoch": trainer.current_epoch, "global_step": trainer.global_step, "monitor": self.monitor,
-                   "metrics": metrics}
+                   "metrics": metrics, "trainable_parameters": count_parameters(pl_module, trainable_only=True)}
         atomic_write_text(folder / "metrics.json", json.dumps(payload, indent=2))

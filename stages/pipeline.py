@@ -317,16 +317,37 @@ def _import(class_path: str, spec: StageSpec) -> type:
 
 
 def stage_hash(config: dict[str, Any], previous_hash: str | None) -> str:
-    """Config + manifest content + the stage's media files + the previous stage: what decides whether
+    """Config + manifest content + the stage's media files + what it starts from: what decides whether
     a stage must run again. The media count because a skipped stage never looks at its data: a changed
-    file must rerun the stage, whose feature cache then encodes that file again."""
-    manifests = manifest_paths(_data_args(config).get("manifest") or [])
-    digests = [_file_digest(Path(m)) if Path(m).is_file() else None for m in manifests]
+    file must rerun the stage, whose feature cache then encodes that file again. A data module with
+    `sources` counts every source's manifests and media files (of that source's modalities)."""
     stage_folder = (config.get("trainer") or {}).get("default_root_dir")
     memo = _signature_memo(Path(stage_folder).parent if stage_folder else None)
-    media = _media_digest(manifests, _modalities(config), memo)
-    payload = json.dumps({"config": config, "manifest": digests, "media": media, "previous": previous_hash}, sort_keys=True)
+    manifests, media = [], []
+    for source_manifests, modalities in data_sources(config):
+        paths = manifest_paths(source_manifests)
+        manifests.append([_file_digest(Path(m)) if Path(m).is_file() else None for m in paths])
+        media.append(_media_digest(paths, modalities, memo))
+    if "sources" not in _data_args(config):  # one source, hashed as before sources existed: no stage reruns
+        manifests, media = manifests[0], media[0]
+    payload = json.dumps({"config": config, "manifest": manifests, "media": media, "previous": previous_hash},
+                         sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def data_sources(config: dict[str, Any]) -> list[tuple[str | list[str], list[str]]]:
+    """(manifests, modalities) of each source the stage's data module reads: its `sources`
+    (BalancedDataModule), or its own `manifest` and `modalities`."""
+    args = _data_args(config)
+    if "sources" in args:
+        return [((source or {}).get("manifest") or [], list((source or {}).get("modalities") or []))
+                for source in args["sources"] or []]
+    return [(args.get("manifest") or [], _modalities(config))]
+
+
+def has_feature_cache(config: dict[str, Any]) -> bool:
+    args = _data_args(config)
+    return bool(args.get("feature_cache")) or any((source or {}).get("feature_cache") for source in args.get("sources") or [])
 
 
 def _signature_memo(output: Path | None) -> SignatureMemo:
@@ -386,13 +407,19 @@ def _file_digest(path: Path) -> str:
         return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
-def trained_pair(config: dict[str, Any]) -> frozenset[str] | None:
-    """The two modalities a stage trained together, read from its model arguments."""
+def trained_pairs(config: dict[str, Any]) -> set[frozenset[str]]:
+    """The pairs of modalities a stage trained together, read from its model arguments: `pairs`
+    (ProgressiveStage), `modality` + `anchor` (AlignStage) or `pair` (UPStage)."""
     args = (config.get("model") or {}).get("init_args") or {}
+    if "pairs" in args:
+        return {frozenset(pair) for pair in args["pairs"] or []}
     if "modality" in args:
-        return frozenset((args["modality"], args.get("anchor", "text")))
-    pair = args.get("pair", ("image", "text"))
-    return frozenset(pair)
+        return {frozenset((args["modality"], args.get("anchor", "text")))}
+    return {frozenset(args.get("pair", ("image", "text")))}
+
+
+def sorted_pairs(pairs: set[frozenset[str]]) -> list[list[str]]:
+    return sorted(sorted(pair) for pair in pairs)
 
 
 @dataclass
@@ -414,9 +441,16 @@ class StageRun:
     def state(self) -> dict[str, Any] | None:
         return read_json(self.state_path)
 
-    def write_state(self, status: str, previous_weights: str | None, weights: str | None = None) -> None:
+    def write_state(self, status: str, previous_weights: str | None, weights: str | None = None,
+                    seconds: float | None = None) -> None:
+        """stage.json; a finished stage adds the wall time of its last fit (a resumed one: of the part
+        after the resume) and the trainable parameter count its export recorded."""
         payload = {"name": self.spec.name, "hash": self.hash, "status": status, "source_config": self.spec.config,
-                   "previous_weights": previous_weights, "weights": weights}
+                   "previous_weights": previous_weights, "weights": weights,
+                   "pairs": sorted_pairs(trained_pairs(self.config))}
+        if status == "done":
+            metrics = read_json(self.folder / "metrics.json") or {}
+            payload |= {"seconds": seconds, "trainable_parameters": metrics.get("trainable_parameters")}
         atomic_write_text(self.state_path, json.dumps(payload, indent=2))
 
     def run(self, previous_weights: str | None) -> str:
@@ -452,7 +486,7 @@ class StageRun:
         config_path = self.folder / "config.yaml"
         atomic_write_text(config_path, yaml.safe_dump(self.config, sort_keys=False))
         self.write_state("running", previous_weights)
-        if _data_args(self.config).get("feature_cache"):
+        if has_feature_cache(self.config):
             self._build_feature_cache(config_path)
         command = [sys.executable, "-m", "stages.cli", "fit", "--config", str(config_path)]
         last = self.folder / CHECKPOINTS / "last.ckpt"
@@ -474,8 +508,9 @@ class StageRun:
                 f"stage {self.spec.name!r} finished without exporting {self.folder / MODEL_FILES[0]}:"
                 " its config needs the stages.ExportPretrained callback"
             )
-        self.write_state("done", previous_weights, weights)
-        print(f"[pipeline] {self.spec.name}: done in {_duration(time.monotonic() - started)}")
+        seconds = time.monotonic() - started
+        self.write_state("done", previous_weights, weights, seconds)
+        print(f"[pipeline] {self.spec.name}: done in {_duration(seconds)}")
         return weights
 
     def _build_feature_cache(self, config_path: Path) -> None:
@@ -572,7 +607,7 @@ def run_pipeline(path: str | os.PathLike[str]) -> Path:
         weights = run.run(weights)
     assert weights is not None  # a spec has at least one stage
     final = runs[-1]
-    trained = {p for r in runs if (p := trained_pair(r.config))}
+    trained = set().union(*(trained_pairs(r.config) for r in runs))
     for evaluation in spec.evaluation:
         _evaluate(evaluation, Path(spec.output), final.folder, weights, trained)
     return final.folder

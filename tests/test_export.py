@@ -156,3 +156,17 @@ def test_make_up_evaluates_the_exported_model_not_the_last_checkpoint():
     recipe = subprocess.run(["make", "-n", "up"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
     after_fit = recipe[recipe.index("fit --config configs/up.yaml"):]
     assert "evaluate outputs/up data/shapes/manifest.jsonl" in after_fit and "last.ckpt" not in after_fit
+
+
+def test_the_export_records_how_many_parameters_trained(tmp_path):
+    """metrics.json counts the trainable parameters only: the runner's per-stage cost figure."""
+    from types import SimpleNamespace
+
+    stage = Scripted()
+    stage.model.up.requires_grad_(False)
+    trainer = SimpleNamespace(is_global_zero=True, default_root_dir=str(tmp_path), callback_metrics={},
+                              current_epoch=0, global_step=0)
+    ExportPretrained()._export(trainer, stage)
+    counted = json.loads((tmp_path / "metrics.json").read_text())["trainable_parameters"]
+    frozen = sum(p.numel() for p in stage.model.up.parameters())
+    assert frozen > 0 and counted == sum(p.numel() for p in stage.parameters()) - frozen

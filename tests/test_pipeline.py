@@ -19,8 +19,8 @@ from conftest import tiny_encoder, tiny_model_config
 from safetensors.torch import load_file
 
 from oneencoder import OneEncoder
-from stages.pipeline import (PipelineError, PipelineSpec, StageSpec, merge_stage_configs, plan, resolve_stage_config,
-                             run_pipeline, stage_lock)
+from stages.pipeline import (PipelineError, PipelineSpec, StageSpec, data_sources, has_feature_cache, merge_stage_configs,
+                             plan, resolve_stage_config, run_pipeline, stage_lock, trained_pairs)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -106,6 +106,40 @@ def test_hash_follows_the_stages_own_media_files_even_with_size_and_time_kept(tm
     with_bad_record = hashes()
     edit_in_place(manifest.parent / json.loads(lines[1])["image"])  # the other records still count
     assert hashes()[0] != with_bad_record[0]
+
+
+def test_trained_pairs_of_each_stage_kind():
+    def pairs(**init_args):
+        return trained_pairs({"model": {"class_path": "stages.Some", "init_args": init_args}})
+
+    assert pairs() == pairs(pair=["text", "image"]) == {frozenset(("image", "text"))}  # UPStage's default
+    assert pairs(pair=["audio", "text"]) == {frozenset(("audio", "text"))}
+    assert pairs(modality="audio") == {frozenset(("audio", "text"))}  # AlignStage, anchor text by default
+    assert pairs(modality="video", anchor="image") == {frozenset(("video", "image"))}
+    assert pairs(pairs=[["image", "text"], ["audio", "text"]], modality="ignored") == {
+        frozenset(("image", "text")), frozenset(("audio", "text"))}
+
+
+def test_hash_follows_every_source_of_a_balanced_data_module(tmp_path):
+    manifests = [tmp_path / "first.jsonl", tmp_path / "second.jsonl"]
+    for manifest in manifests:
+        manifest.write_text('{"id": "a", "split": "train"}\n')
+    config = yaml.safe_load((ROOT / "configs/up.yaml").read_text())
+    config["data"] = {"class_path": "datamodules.BalancedDataModule", "init_args": {"sources": [
+        {"manifest": str(manifests[0]), "modalities": ["image", "text"]},
+        {"manifest": [str(manifests[1])], "modalities": ["audio", "text"], "feature_cache": "cache", "repeat": 2}]}}
+    (tmp_path / "moe.yaml").write_text(yaml.safe_dump(config))
+    stages = [{"name": "moe", "config": str(tmp_path / "moe.yaml")}]
+
+    def staged():
+        return plan(PipelineSpec.load(_pipeline(tmp_path, stages)))[0]
+
+    first = staged()
+    assert data_sources(first.config) == [(str(manifests[0]), ["image", "text"]), ([str(manifests[1])], ["audio", "text"])]
+    assert has_feature_cache(first.config)  # the second source's cache counts
+    assert staged().hash == first.hash
+    manifests[1].write_text('{"id": "b", "split": "train"}\n')
+    assert staged().hash != first.hash
 
 
 def test_pipeline_config_errors_are_named(tmp_path):
@@ -237,7 +271,9 @@ def fake_fit(monkeypatch):
         if command[3] == "fit":
             folder = Path(command[command.index("--config") + 1]).parent
             torch.manual_seed(len(trained))
-            OneEncoder(tiny_model_config()).save_pretrained(folder)
+            model = OneEncoder(tiny_model_config())
+            model.save_pretrained(folder)
+            (folder / "metrics.json").write_text(json.dumps({"trainable_parameters": 1000 + len(trained)}))
             trained.append(folder.name)
         return 0
 
@@ -272,6 +308,13 @@ def test_a_finished_stage_whose_model_is_gone_trains_again_and_results_follow_th
     assert [p.name for p in output.glob("align-audio.stale-*")] != []  # what was left is kept
     assert "evaluation: done earlier" not in printed
     assert json.loads((output / "results.json").read_text())["hash"] != first
+
+
+def test_stage_json_records_time_cost_and_pairs(two_stages, fake_fit):
+    run_pipeline(two_stages)
+    state = json.loads((two_stages.parent / "out/align-audio/stage.json").read_text())
+    assert state["status"] == "done" and state["pairs"] == [["audio", "text"]]
+    assert state["trainable_parameters"] == 1001 and isinstance(state["seconds"], float) and state["seconds"] >= 0
 
 
 def test_a_stage_trained_again_trains_the_stages_after_it_again(two_stages, fake_fit, capsys):
