@@ -58,7 +58,7 @@ class BalancedBatchSampler(DistributedSampler):
 
     Yields SourceBatch descriptors, fetched and collated whole by the loader's dataset (so a worker
     builds a whole batch). Under DDP the global batch is `batch_size` * world size records of the
-    step's source and each process takes its share; every process computes the same order, keyed by
+    step's source and each process takes its share (of a partial batch, possibly none); every process computes the same order, keyed by
     (run seed, epoch, source) as EpochSampler's is, and reads its rank and the world size from
     torch.distributed when iterating. It is a DistributedSampler so that Lightning neither wraps nor
     replaces it; `set_epoch` is not used, since `epoch` is asked when iteration starts (see

@@ -16,7 +16,7 @@ from lightning.pytorch.trainer.connectors.data_connector import _DataConnector
 from lightning.pytorch.trainer.states import RunningStage
 from test_cli import ROOT
 
-from datamodules import BalancedDataModule, Source
+from datamodules import BalancedDataModule, PairCollator, Source
 from datamodules.sampling import BalancedBatchSampler
 from datamodules.shapes import write_shapes_dataset
 from oneencoder import OneEncoder, OneEncoderConfig
@@ -111,6 +111,20 @@ def test_val_loaders_are_one_per_source_in_order(shapes, encoders):
     loaders = _data(sources, encoders).val_dataloader()
     assert [[b["modalities"] for b in loader] for loader in loaders] == [[PAIRS["audio"]] * 2, [PAIRS["image"]] * 2]
     assert [sum(b["size"] for b in loader) for loader in loaders] == [3, 3]
+
+
+def test_every_source_builds_and_reads_its_own_feature_cache(shapes, encoders, tmp_path):
+    sources = [Source(_source_manifest(shapes, m, 4), PAIRS[m], feature_cache=str(tmp_path / m))
+               for m in ("image", "audio")]
+    BalancedDataModule(sources, batch_size=2, num_workers=0, encoders=encoders).build_feature_cache("cpu")
+    batches = list(_data(sources, encoders).train_dataloader())
+    assert [b["modalities"] for b in batches] == [PAIRS["image"], PAIRS["audio"]] * 2
+    assert all(set(b["inputs"][m]) == {"features", "mask"} for b in batches for m in b["modalities"])
+
+
+def test_an_empty_batch_still_names_its_pair():
+    batch = PairCollator({}, PAIRS["video"])([None, None])
+    assert batch["modalities"] == PAIRS["video"] and batch["size"] == 0 and batch["num_skipped"] == 2
 
 
 def test_settings_a_user_gets_wrong_are_named(shapes, encoders):
