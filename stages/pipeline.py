@@ -52,6 +52,7 @@ STAGE_STATE = "stage.json"
 MODEL_FILES = ("model.safetensors", "config.json")  # what ExportPretrained writes; results depend on them
 MEDIA_MEMO = ".media-signatures.json"
 CHECKPOINTS = "checkpoints"
+START = "start"  # start_from's model, among the stages whose results are compared
 
 
 class PipelineError(RuntimeError):
@@ -93,9 +94,15 @@ class EvaluationSpec:
 
 @dataclass
 class PipelineSpec:
+    """`start_from`: an exported model folder (another pipeline's stage) the first stage starts from.
+    `evaluate_each_stage`: every evaluation also runs on each stage's model (and start_from's), and
+    the forgetting table compares them (stages/forgetting.py)."""
+
     output: str
     stages: list[StageSpec]
     evaluation: list[EvaluationSpec] = field(default_factory=list)
+    start_from: str | None = None
+    evaluate_each_stage: bool = False
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> PipelineSpec:
@@ -117,6 +124,11 @@ class PipelineSpec:
         names = [s.name for s in spec.stages]
         if len(set(names)) != len(names):
             raise PipelineError(f"{path}: stage names must be unique (got {names})")
+        if not isinstance(spec.evaluate_each_stage, bool):
+            raise PipelineError(f"{path}: `evaluate_each_stage` is true or false (got {spec.evaluate_each_stage!r})")
+        if spec.start_from is not None and START in names:
+            raise PipelineError(f"{path}: the stage name {START!r} is the start_from model's in the results; rename"
+                                " that stage")
         return spec
 
 
@@ -303,7 +315,8 @@ def resolve_stage_config(spec: StageSpec, folder: Path, previous: Path | None) -
     model = config.get("model") or {}
     if "previous" in inspect.signature(_import(model.get("class_path", ""), spec)).parameters:
         if previous is None:
-            raise PipelineError(f"stage {spec.name!r} starts from an earlier stage's output: put a stage before it")
+            raise PipelineError(f"stage {spec.name!r} starts from an earlier stage's output: put a stage before it,"
+                                " or name a model folder in the pipeline's `start_from`")
         model.setdefault("init_args", {})["previous"] = str(previous)
     return config
 
@@ -585,29 +598,88 @@ def _exit_status(returncode: int) -> str:
 # --- the whole pipeline -------------------------------------------------------------------------------
 
 
-def plan(spec: PipelineSpec) -> list[StageRun]:
-    """Resolve every stage's config and hash, in order, without running anything."""
+@dataclass
+class StartModel:
+    """The model a pipeline's first stage starts from (`start_from`), with the pairs trained into it."""
+
+    folder: Path
+    weights: str
+    pairs: set[frozenset[str]]
+
+
+def start_model(spec: PipelineSpec) -> StartModel | None:
+    if spec.start_from is None:
+        return None
+    folder = Path(spec.start_from)
+    weights = weights_digest(folder)
+    if weights is None:
+        raise PipelineError(
+            f"start_from: {folder} holds no exported model ({' + '.join(MODEL_FILES)}); name a finished stage's"
+            " folder of another pipeline (e.g. outputs/pipeline/demo/up) or a model saved with save_pretrained"
+        )
+    return StartModel(folder, weights, model_trained_pairs(folder))
+
+
+def model_trained_pairs(folder: Path) -> set[frozenset[str]]:
+    """The pairs trained into the model in a stage folder: its stage's (stage.json `pairs`, else what
+    its config.yaml names), then those of the folder that stage started from (`previous`), and so on
+    back. A folder that no stage wrote adds none."""
+    pairs: set[frozenset[str]] = set()
+    seen: set[Path] = set()
+    current: Path | None = folder
+    while current is not None and current.resolve() not in seen:
+        seen.add(current.resolve())
+        state = read_json(current / STAGE_STATE) or {}
+        config = _stage_folder_config(current)
+        if isinstance(state.get("pairs"), list):
+            pairs |= {frozenset(pair) for pair in state["pairs"]}
+        elif config is not None:
+            pairs |= trained_pairs(config)
+        previous = (((config or {}).get("model") or {}).get("init_args") or {}).get("previous")
+        current = Path(previous) if previous else None
+    return pairs
+
+
+def _stage_folder_config(folder: Path) -> dict[str, Any] | None:
+    """The config.yaml a stage wrote in its folder; None when there is none, or no model in it."""
+    try:
+        config = yaml.safe_load((folder / "config.yaml").read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None
+    return config if isinstance(config, dict) and isinstance(config.get("model"), dict) else None
+
+
+def plan(spec: PipelineSpec, start: StartModel | None = None) -> list[StageRun]:
+    """Resolve every stage's config and hash, in order, without running anything. The first stage
+    starts from `start` (start_from's model; its weights digest counts in that stage's hash)."""
     runs: list[StageRun] = []
-    previous: StageRun | None = None
+    previous_folder, previous_hash = (start.folder, start.weights) if start else (None, None)
     for stage in spec.stages:
         folder = Path(spec.output) / stage.name
-        config = resolve_stage_config(stage, folder, previous.folder if previous else None)
-        run = StageRun(stage, folder, config, stage_hash(config, previous.hash if previous else None))
+        config = resolve_stage_config(stage, folder, previous_folder)
+        if start is not None and not runs and "previous" not in ((config.get("model") or {}).get("init_args") or {}):
+            raise PipelineError(
+                f"stage {stage.name!r}: start_from is set but this first stage's model ({config['model'].get('class_path')})"
+                " does not start from a model; make the first stage one that takes `previous` (AlignStage,"
+                " ProgressiveStage) or drop start_from"
+            )
+        run = StageRun(stage, folder, config, stage_hash(config, previous_hash))
         runs.append(run)
-        previous = run
+        previous_folder, previous_hash = run.folder, run.hash
     return runs
 
 
 def run_pipeline(path: str | os.PathLike[str]) -> Path:
     """Run (or skip, or resume) every stage, then the evaluation; returns the final model's folder."""
     spec = PipelineSpec.load(path)
-    runs = plan(spec)
-    weights = None
+    start = start_model(spec)
+    runs = plan(spec, start)
+    weights = start.weights if start else None
     for run in runs:
         weights = run.run(weights)
     assert weights is not None  # a spec has at least one stage
     final = runs[-1]
-    trained = set().union(*(trained_pairs(r.config) for r in runs))
+    trained = set().union(start.pairs if start else set(), *(trained_pairs(r.config) for r in runs))
     for evaluation in spec.evaluation:
         _evaluate(evaluation, Path(spec.output), final.folder, weights, trained)
     return final.folder

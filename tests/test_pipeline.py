@@ -20,7 +20,8 @@ from safetensors.torch import load_file
 
 from oneencoder import OneEncoder
 from stages.pipeline import (PipelineError, PipelineSpec, StageSpec, data_sources, has_feature_cache, merge_stage_configs,
-                             plan, resolve_stage_config, run_pipeline, stage_lock, trained_pairs)
+                             model_trained_pairs, plan, resolve_stage_config, run_pipeline, stage_lock, start_model,
+                             trained_pairs, weights_digest)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -147,7 +148,7 @@ def test_pipeline_config_errors_are_named(tmp_path):
         PipelineSpec.load(_pipeline(tmp_path, [], stage=[]))
     with pytest.raises(PipelineError, match=r"`stages` is empty"):
         PipelineSpec.load(_pipeline(tmp_path, []))
-    with pytest.raises(PipelineError, match=r"stage 'audio' starts from an earlier stage's output"):
+    with pytest.raises(PipelineError, match=r"stage 'audio' starts from an earlier stage's output: .* `start_from`"):
         plan(PipelineSpec.load(_pipeline(tmp_path, [{"name": "audio", "config": str(ROOT / "configs/align_audio.yaml")}])))
     with pytest.raises(PipelineError, match=r"config .*nope.yaml not found"):
         plan(PipelineSpec.load(_pipeline(tmp_path, [{"name": "up", "config": "nope.yaml"}])))
@@ -315,6 +316,48 @@ def test_stage_json_records_time_cost_and_pairs(two_stages, fake_fit):
     state = json.loads((two_stages.parent / "out/align-audio/stage.json").read_text())
     assert state["status"] == "done" and state["pairs"] == [["audio", "text"]]
     assert state["trainable_parameters"] == 1001 and isinstance(state["seconds"], float) and state["seconds"] >= 0
+
+
+def test_start_from_is_the_first_stages_previous_model_and_counts_in_its_hash(two_stages, fake_fit, capsys):
+    output = two_stages.parent / "out"
+    run_pipeline(two_stages)
+    config = yaml.safe_load(two_stages.read_text())
+    later = two_stages.parent / "later.yaml"
+    later.write_text(yaml.safe_dump({**config, "output": str(two_stages.parent / "later"), "start_from": str(output / "up"),
+                                     "stages": config["stages"][1:]}))
+    start = start_model(PipelineSpec.load(later))
+    assert start.weights == weights_digest(output / "up") and start.pairs == {frozenset(("image", "text"))}
+    align = plan(PipelineSpec.load(later), start)[0]
+    assert align.config["model"]["init_args"]["previous"] == str(output / "up")
+    run_pipeline(later)
+    state = json.loads((two_stages.parent / "later/align-audio/stage.json").read_text())
+    assert state["previous_weights"] == start.weights
+    results = json.loads((two_stages.parent / "later/results.json").read_text())
+    assert results["trained_pairs"] == [["audio", "text"], ["image", "text"]]  # start_from's pair is trained
+    # the model it starts from changes: the first stage trains again
+    (output / "up/model.safetensors").write_bytes(b"other weights")
+    assert plan(PipelineSpec.load(later), start_model(PipelineSpec.load(later)))[0].hash != align.hash
+    run_pipeline(later)
+    assert fake_fit == ["up", "align-audio", "align-audio", "align-audio"]
+    # pairs come from the chain of stage folders: align-audio's own, then up's through `previous`
+    (two_stages.parent / "later/align-audio/stage.json").unlink()
+    assert model_trained_pairs(two_stages.parent / "later/align-audio") == {frozenset(("image", "text")),
+                                                                               frozenset(("audio", "text"))}
+
+
+def test_start_from_must_hold_a_model_and_feed_a_stage_that_starts_from_one(tmp_path):
+    align = [{"name": "audio", "config": str(ROOT / "configs/align_audio.yaml")}]
+    with pytest.raises(PipelineError, match=r"start_from: .*nowhere holds no exported model \(model.safetensors"):
+        run_pipeline(_pipeline(tmp_path, align, start_from=str(tmp_path / "nowhere")))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(PipelineError, match=r"start_from: .*empty holds no exported model"):
+        run_pipeline(_pipeline(tmp_path, align, start_from=str(tmp_path / "empty")))
+    OneEncoder(tiny_model_config()).save_pretrained(tmp_path / "model")
+    up = [{"name": "up", "config": str(ROOT / "configs/up.yaml")}]
+    with pytest.raises(PipelineError, match=r"stage 'up': start_from is set but this first stage's model"):
+        run_pipeline(_pipeline(tmp_path, up, start_from=str(tmp_path / "model")))
+    with pytest.raises(PipelineError, match=r"the stage name 'start' is the start_from model's"):
+        PipelineSpec.load(_pipeline(tmp_path, [{**align[0], "name": "start"}], start_from="x"))
 
 
 def test_a_stage_trained_again_trains_the_stages_after_it_again(two_stages, fake_fit, capsys):
