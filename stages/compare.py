@@ -13,10 +13,10 @@ from typing import Any, Sequence
 
 from oneencoder.files import atomic_write_text
 
+from .forgetting import METRICS, forgetting_markdown
 from .pipeline import STAGE_STATE, EvaluationSpec, PipelineSpec, read_json
 
-METRICS = ("R@1", "R@10")  # the retrieval figures put side by side
-NOT_MEASURED = "—"  # the run did not evaluate this (a pair it lacks, a stage before the pair was trained)
+NOT_MEASURED = "—"  # the run did not evaluate this (a pair or metric it lacks)
 NOT_RECORDED = "n/a"  # a stage.json written before the runner recorded this field
 
 
@@ -161,31 +161,15 @@ def _zero_shot(pipelines: Sequence[PipelineResults]) -> list[str]:
 
 
 def _forgetting(pipelines: Sequence[PipelineResults]) -> list[str]:
-    lines = ["## Forgetting", "",
-             "Each trained pair after the stage that first trained it and after every later stage; change: the"
-             " last value minus the first, 0 when exactly unchanged (a frozen part computes as it did)."]
+    lines = ["## Forgetting"]
     for pipeline in pipelines:
-        lines += ["", f"### {pipeline.label}", ""]
         if pipeline.forgetting is None:
-            lines.append(f"Not measured: set `evaluate_each_stage: true` in {pipeline.config} and run"
-                         f" `oneencoder pipeline {pipeline.config}`.")
-            continue
-        stages = pipeline.forgetting["stages"]
-        rows = []
-        for pair, table in pipeline.forgetting["pairs"].items():
-            for metric in METRICS:
-                values = [table.get(metric, {}).get(stage) for stage in stages]
-                rows.append([pair, metric, *map(_number, values), _change(values)])
-        lines += _table(["pair", "metric", *stages, "change"], rows)
+            lines += ["", f"### {pipeline.label}", "",
+                      f"Not measured: set `evaluate_each_stage: true` in {pipeline.config} and run"
+                      f" `oneencoder pipeline {pipeline.config}`."]
+        else:
+            lines += ["", forgetting_markdown(pipeline.forgetting, f"### {pipeline.label}").rstrip("\n")]
     return lines
-
-
-def _change(values: Sequence[float | None]) -> str:
-    measured = [value for value in values if value is not None]
-    if len(measured) < 2:  # trained by the last stage: nothing later to compare with
-        return NOT_MEASURED
-    change = measured[-1] - measured[0]
-    return "0" if change == 0 else f"{change:+.3f}"
 
 
 def _costs(pipelines: Sequence[PipelineResults]) -> list[str]:

@@ -49,9 +49,9 @@ def planted(tmp_path, monkeypatch):
     _write(tmp_path / "out/frozen/forgetting.json", {
         "stages": ["up", "align-audio"],
         "pairs": {"image->text": {"trained_at": "up", "R@1": {"up": 0.5, "align-audio": 0.5},
-                                  "R@10": {"up": 0.9, "align-audio": 0.9}},
-                  "audio->text": {"trained_at": "align-audio", "R@1": {"up": None, "align-audio": 0.2},
-                                  "R@10": {"up": None, "align-audio": 0.6}}}})
+                                  "R@10": {"up": 0.9, "align-audio": 0.9}, "change": {"R@1": 0.0, "R@10": 0.0}},
+                  "audio->text": {"trained_at": "align-audio", "R@1": {"align-audio": 0.2},
+                                  "R@10": {"align-audio": 0.6}, "change": {"R@1": 0.0, "R@10": 0.0}}}})
     moe = _write(tmp_path / "moe.yaml", {
         "output": "out/moe", "start_from": "out/frozen/up", "evaluate_each_stage": True,
         "stages": [{"name": "moe", "config": "moe.yaml"}], "evaluation": {"manifest": "m.jsonl"}})
@@ -61,7 +61,7 @@ def planted(tmp_path, monkeypatch):
     _write(tmp_path / "out/moe/forgetting.json", {
         "stages": ["start", "moe"],
         "pairs": {"image->text": {"trained_at": "start", "R@1": {"start": 0.5, "moe": 0.375},
-                                  "R@10": {"start": 0.9, "moe": 0.875}}}})
+                                  "R@10": {"start": 0.9, "moe": 0.875}, "change": {"R@1": -0.125, "R@10": -0.025}}}})
     return frozen, moe
 
 
@@ -73,9 +73,9 @@ def test_the_page_sets_each_pipeline_s_own_figures_side_by_side(planted):
     assert "| image->text | 0.500 | 0.625 | 0.010 | 0.900 | 0.875 | 0.100 |" in page
     assert "| text->image | 0.300 | 0.300 | 0.020 | — | — | — |" in page  # R@10 not evaluated
     assert "| image | 0.750 | 0.875 | 0.125 |" in page  # zero-shot acc@1
-    assert "| image->text | R@1 | 0.500 | 0.500 | 0 |" in page  # exactly unchanged
-    assert "| audio->text | R@10 | — | 0.600 | — |" in page  # trained last: nothing to compare with
-    assert "| image->text | R@1 | 0.500 | 0.375 | -0.125 |" in page.split("### moe")[1]  # the MoE forgot
+    assert "| image->text | up | R@1 | 0.500 | 0.500 | 0 |" in page  # exactly unchanged
+    assert "| audio->text | align-audio | R@10 |  | 0.600 | 0 |" in page
+    assert "| image->text | start | R@1 | 0.500 | 0.375 | -0.125 |" in page.split("### moe")[1]  # the MoE forgot
     assert "| frozen | up | image-text | 1,000,000 | 120 s |" in page
     assert "| frozen | align-audio | n/a | n/a | n/a |" in page
     assert "| frozen | **total** |  |  | n/a |" in page  # a stage's time unknown: so is the sum
