@@ -23,7 +23,10 @@ class StageCheckpoint(ModelCheckpoint):
     This writes it after every validation (or every training epoch, without validation). It also
     keeps in the checkpoint whether the fit had been told to stop (EarlyStopping): Lightning does
     not, so resuming an early-stopped fit would train on. The trainer gets AtomicCheckpointIO unless
-    its config chose a checkpoint plugin of its own.
+    its config chose a checkpoint plugin of its own. Without `dirpath`, checkpoints go to
+    `<default_root_dir>/checkpoints` (Lightning's default puts them under the logger's version
+    folder, a new one per run, where a resume would not find last.ckpt): stage configs that share a
+    base then need no path of their own but `default_root_dir`.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -32,6 +35,8 @@ class StageCheckpoint(ModelCheckpoint):
         self._resumed_stopped = False
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if self.dirpath is None:
+            self.dirpath = str(Path(trainer.default_root_dir) / "checkpoints")
         super().setup(trainer, pl_module, stage)
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()

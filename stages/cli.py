@@ -183,7 +183,8 @@ def cache_command(argv: Sequence[str]) -> None:
     cli = OneEncoderCLI(subclass_mode_model=True, subclass_mode_data=True, run=False, args=words)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     cli.datamodule.build_feature_cache(device, overwrite=overwrite)
-    print(f"feature cache ready in {cli.datamodule.feature_cache}")
+    modules = getattr(cli.datamodule, "source_modules", [cli.datamodule])  # BalancedDataModule: one per source
+    print(f"feature cache ready in {', '.join(str(m.feature_cache) for m in modules if m.feature_cache)}")
 
 
 def pipeline_command(argv: Sequence[str]) -> None:

@@ -28,7 +28,7 @@ def _batch(model, size=6, length=5):
     for modality in ("audio", "text"):
         dim = model.encoders[modality].dim
         batch[modality] = {"features": torch.randn(size, length, dim), "mask": torch.ones(size, length, dtype=torch.bool)}
-    return {"inputs": batch, "owners": {}, "size": size, "num_skipped": 0}
+    return {"inputs": batch, "owners": {}, "size": size, "num_skipped": 0, "modalities": ("audio", "text")}
 
 
 def _new_parameters(stage):
@@ -44,7 +44,7 @@ def test_only_the_alignment_layer_and_token_train_and_the_optimizer_holds_only_t
     assert held == _new_parameters(stage)
 
     stage.train()
-    loss = stage.loss(*stage.model(_batch(stage.model)["inputs"]).values())["loss"]
+    loss = stage.losses["audio-text"](*stage.model(_batch(stage.model)["inputs"]).values())["loss"]
     loss.backward()
     with_grad = {id(p) for p in stage.parameters() if p.grad is not None}
     assert with_grad == _new_parameters(stage)
@@ -58,7 +58,7 @@ def test_previous_stage_is_bit_identical_after_training_steps(previous):
     stage.train()
     for _ in range(3):
         optimizer.zero_grad()
-        stage.loss(*stage.model(_batch(stage.model)["inputs"]).values())["loss"].backward()
+        stage.losses["audio-text"](*stage.model(_batch(stage.model)["inputs"]).values())["loss"].backward()
         optimizer.step()
     model = stage.model
     old = {k: v for k, v in model.state_dict().items() if not k.startswith(("heads.audio.", "tokens.audio."))}
@@ -72,7 +72,7 @@ def test_frozen_parts_stay_in_eval_mode_while_the_new_ones_train(previous):
     stage = _stage(previous)
     stage.train()
     model = stage.model
-    assert not model.up.training and not model.fusion.training
+    assert not model.up.training and not any(m.training for m in model.up.modules())
     assert not model.heads["text"].training and not model.tokens["image"].training
     assert model.heads["audio"].training and model.tokens["audio"].training
 

@@ -97,10 +97,10 @@ def _feature_batch(model, size=8, length=5, seed=0):
         for m in ("image", "text")
     }
     owners = {m: torch.stack([torch.arange(size), torch.zeros(size, dtype=torch.long)], dim=1) for m in inputs}
-    return {"inputs": inputs, "owners": owners, "size": size, "num_skipped": 0}
+    return {"inputs": inputs, "owners": owners, "size": size, "num_skipped": 0, "modalities": ("image", "text")}
 
 
-EMPTY_BATCH = {"inputs": {}, "owners": {}, "size": 0, "num_skipped": 8}  # every record skipped
+EMPTY_BATCH = {"inputs": {}, "owners": {}, "size": 0, "num_skipped": 8, "modalities": ("image", "text")}  # all skipped
 
 
 def test_a_batch_with_every_record_skipped_still_gives_a_loss_tied_to_every_trainable_parameter():
@@ -118,9 +118,9 @@ def test_evaluation_counts_an_empty_batch_and_logs_nothing_when_no_row_was_kept(
     stage.eval()
     with torch.no_grad():
         stage.validation_step(EMPTY_BATCH, 0)
-        assert stage.val_retrieval.compute() == {}
+        assert stage.val_retrieval["image-text"].compute() == {}
         stage.validation_step(_feature_batch(model), 1)
-    assert set(stage.val_retrieval.compute()) >= {"image->text/R@1", "text->image/R@1"}
+    assert set(stage.val_retrieval["image-text"].compute()) >= {"image->text/R@1", "text->image/R@1"}
 
 
 class _ScaleAtEachStep(Callback):
@@ -128,7 +128,7 @@ class _ScaleAtEachStep(Callback):
         self.seen = []
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        self.seen.append(pl_module.loss.log_logit_scale.item())
+        self.seen.append(pl_module.losses["image-text"].log_logit_scale.item())
 
 
 def test_logit_scale_parameter_never_passes_its_cap_after_large_steps():
@@ -143,7 +143,7 @@ def test_logit_scale_parameter_never_passes_its_cap_after_large_steps():
                       enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
                       callbacks=[watch])
     trainer.fit(stage, train_dataloaders=DataLoader(batches, batch_size=None))
-    after_steps = [*watch.seen[1:], stage.loss.log_logit_scale.item()]
+    after_steps = [*watch.seen[1:], stage.losses["image-text"].log_logit_scale.item()]
     assert after_steps == pytest.approx([math.log(100.0)] * 4)  # pushed past the cap, put back on it
 
 
@@ -155,7 +155,7 @@ def test_biases_norms_tokens_and_the_logit_scale_are_not_decayed():
     decayed = {names[id(p)] for g in groups if g["weight_decay"] == 0.1 for p in g["params"]}
     exempt = {names[id(p)] for g in groups if g["weight_decay"] == 0.0 for p in g["params"]}
     assert decayed | exempt == {n for n, p in stage.named_parameters() if p.requires_grad}
-    assert "loss.log_logit_scale" in exempt and "model.up.norm.weight" in exempt
+    assert "losses.image-text.log_logit_scale" in exempt and "model.up.norm.weight" in exempt
     assert {n for n in exempt if n.endswith(".bias")} == {n for n in names.values() if n.endswith(".bias")}
     assert "model.tokens.image.vectors" in exempt
     assert "model.heads.image.net.0.weight" in decayed
