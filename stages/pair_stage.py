@@ -74,7 +74,9 @@ class PairStage(LightningModule):
         self.scheduler = scheduler
         if trainable is not None:
             set_trainable(self.model, trainable)
-        frozen_to_eval(self.model)
+        # Lightning 2.6 keeps the modes modules have (a loaded model is in eval mode): trainable parts
+        # train with dropout from the first step, frozen ones never do.
+        self.train()
 
     @property
     def encoders(self) -> dict[str, FrozenEncoder]:
