@@ -1,20 +1,36 @@
 """The stage runner: `oneencoder pipeline configs/pipeline/<name>.yaml` trains an ordered list of
 stages, each from the previous one's output folder, then evaluates every pair of modalities.
 
-A stage's folder `<output>/<name>/` holds the config it ran with (`config.yaml`, every output path
-pointed into the folder and `previous` filled in), `stage.json` (its hash and status), the Lightning
-checkpoints and the exported model. The hash covers the resolved config, the manifest's content and
-the previous stage's hash, so a finished stage with the same hash is skipped, an interrupted one
-resumes from `checkpoints/last.ckpt`, and a stage whose config or inputs changed is run again (its old
-folder is kept beside it as `<name>.stale-<hash>`). `stage.json` also records the digest of the
-exported model (model.safetensors + config.json) and of the previous stage's model it started from:
-a finished stage whose model went missing or changed, or whose previous stage's model changed, is
-run again too, and evaluation results are keyed by the digest of the weights they were computed from.
+A pipeline YAML has `output`, `stages` (each `{name, config}`), `evaluation` (one mapping or a named
+list), and optionally `start_from` (an exported model folder, e.g. another pipeline's stage, that the
+first stage starts from) and `evaluate_each_stage` (default false). A stage's `config` is one YAML
+file or a list of them, merged in order as `oneencoder fit --config a --config b` merges them
+(merge_stage_configs: a shared base and small per-stage overrides).
+
+A stage's folder `<output>/<name>/` holds the config it ran with (`config.yaml`: the merged files,
+every output path pointed into the folder and `previous` filled in), `stage.json` (its hash and
+status; once done, also `seconds`, the wall time of its last fit, `trainable_parameters` from its
+export's metrics.json, and `pairs`, the pairs of modalities it trained), the Lightning checkpoints and
+the exported model. The hash covers the resolved config, the manifests' content and media of every
+data source (`sources` of a BalancedDataModule, or the data module's `manifest`), and what the stage
+starts from (the previous stage's hash, or start_from's weights digest), so a finished stage with the
+same hash is skipped, an interrupted one resumes from `checkpoints/last.ckpt`, and a stage whose
+config or inputs changed is run again (its old folder is kept beside it as `<name>.stale-<hash>`).
+`stage.json` also records the digest of the exported model (model.safetensors + config.json) and of
+the model it started from: a finished stage whose model went missing or changed, or whose previous
+model changed, is run again too, and evaluation results are keyed by the digest of the weights they
+were computed from.
+
+Each evaluation writes `<output>/results[-<name>].json|.md` for the final model. With
+`evaluate_each_stage` it also runs on every stage's model (and start_from's, as stage `start`) into
+`<output>/<stage>/results[-<name>].json|.md`, with the same caching by digest, and the forgetting table
+(stages/forgetting.py) goes to `<output>/forgetting[-<name>].json|.md`.
 
 Each stage runs in its own process, so a multi-GPU stage launches DDP exactly as `oneencoder fit`
-does; a stage with a feature cache has it built (or checked) first by `oneencoder cache`, in one
-process. That process dies with the runner (stages/processes.py), and the runner holds
-`<output>/<name>.lock` while it works on a stage, so two runners never train one stage at once.
+does; a stage with a feature cache (any of its sources) has it built (or checked) first by
+`oneencoder cache`, in one process. That process dies with the runner (stages/processes.py), and the
+runner holds `<output>/<name>.lock` while it works on a stage, so two runners never train one stage at
+once.
 """
 
 from __future__ import annotations
@@ -669,47 +685,95 @@ def plan(spec: PipelineSpec, start: StartModel | None = None) -> list[StageRun]:
     return runs
 
 
+@dataclass
+class StageModel:
+    """A model the pipeline evaluates stage by stage: its stage's name, folder and weights digest,
+    the pairs that stage trained and all the pairs trained into it so far."""
+
+    name: str
+    folder: Path
+    weights: str
+    pairs: set[frozenset[str]]
+    trained: set[frozenset[str]]
+
+
 def run_pipeline(path: str | os.PathLike[str]) -> Path:
     """Run (or skip, or resume) every stage, then the evaluation; returns the final model's folder."""
     spec = PipelineSpec.load(path)
     start = start_model(spec)
     runs = plan(spec, start)
-    weights = start.weights if start else None
+    models = [StageModel(START, start.folder, start.weights, start.pairs, start.pairs)] if start else []
     for run in runs:
-        weights = run.run(weights)
-    assert weights is not None  # a spec has at least one stage
-    final = runs[-1]
-    trained = set().union(start.pairs if start else set(), *(trained_pairs(r.config) for r in runs))
+        weights = run.run(models[-1].weights if models else None)
+        pairs = trained_pairs(run.config)
+        models.append(StageModel(run.spec.name, run.folder, weights, pairs, pairs.union(*(m.pairs for m in models))))
+    output, final = Path(spec.output), models[-1]
     for evaluation in spec.evaluation:
-        _evaluate(evaluation, Path(spec.output), final.folder, weights, trained)
+        final_results = _evaluate(evaluation, output, output, final)
+        print((output / f"{_results_stem(evaluation)}.md").read_text())
+        if spec.evaluate_each_stage:
+            _evaluate_each_stage(evaluation, output, models, final_results)
     return final.folder
 
 
-def _evaluate(spec: EvaluationSpec, output: Path, final: Path, weights: str, trained: set[frozenset[str]]) -> None:
-    """Evaluate the model in `final` unless results for these weights (their digest), settings and
-    data are there already."""
+def _evaluate_each_stage(spec: EvaluationSpec, output: Path, models: list[StageModel], final_results: Path) -> None:
+    """The evaluation on every stage's model, in `<output>/<stage>/`, then the forgetting table."""
+    from .forgetting import forgetting_table, write_forgetting
+
+    results = {}
+    for model in models:
+        path = _evaluate(spec, output, output / model.name, model, reuse=final_results, of_stage=True)
+        results[model.name] = read_json(path)
+    table = forgetting_table([m.name for m in models], {m.name: m.pairs for m in models}, results)
+    stem = f"forgetting-{spec.name}" if spec.name else "forgetting"
+    table |= {"manifest": spec.manifest, "split": spec.split}
+    print(write_forgetting(output, table, f"Forgetting on `{spec.manifest}`, split `{spec.split}`", stem))
+
+
+def _results_stem(spec: EvaluationSpec) -> str:
+    return f"results-{spec.name}" if spec.name else "results"
+
+
+def _evaluate(spec: EvaluationSpec, output: Path, folder: Path, model: StageModel, reuse: Path | None = None,
+              of_stage: bool = False) -> Path:
+    """Evaluate `model` into `folder`, unless results for these weights (their digest), settings and
+    data are there already (or in `reuse`, then copied); returns the results.json path. A stage's
+    model (`of_stage`) is evaluated on those of the listed modalities it has."""
     from .evaluate import evaluate_folder
 
     settings = dataclasses.asdict(spec)
     name = settings.pop("name")
-    label = f"evaluation {name}" if name else "evaluation"
-    key = hashlib.sha256(json.dumps({"model": weights, "evaluation": settings,
+    if of_stage and spec.modalities is not None:
+        settings["modalities"] = [m for m in spec.modalities if m in _model_modalities(model.folder)]
+    label = (f"evaluation {name}" if name else "evaluation") + (f" of stage {model.name}" if of_stage else "")
+    key = hashlib.sha256(json.dumps({"model": model.weights, "evaluation": settings,
                                      "manifest": _file_digest(Path(spec.manifest)),
                                      "media": _media_digest([spec.manifest], spec.modalities or list(MEDIA_FIELDS),
                                                             _signature_memo(output), spec.split)},
                                     sort_keys=True).encode()).hexdigest()
-    stem = f"results-{name}" if name else "results"
-    results_path = output / f"{stem}.json"
+    stem = _results_stem(spec)
+    results_path = folder / f"{stem}.json"
     if (read_json(results_path) or {}).get("hash") == key:
         print(f"[pipeline] {label}: done earlier for this model and manifest ({results_path})")
+    elif reuse is not None and reuse != results_path and (read_json(reuse) or {}).get("hash") == key:
+        folder.mkdir(parents=True, exist_ok=True)
+        for suffix in (".md", ".json"):  # the json, which says the results are there, last
+            atomic_write_text(folder / f"{stem}{suffix}", reuse.with_suffix(suffix).read_text())
+        print(f"[pipeline] {label}: the same model as {reuse}, results copied")
     else:
-        print(f"[pipeline] {label}: {final} on {spec.manifest} ({spec.split})")
+        print(f"[pipeline] {label}: {model.folder} on {spec.manifest} ({spec.split})")
         started = time.monotonic()
-        evaluation = evaluate_folder(final, **settings)
-        evaluation.trained = trained
-        evaluation.write(output, extra={"hash": key}, stem=stem)
+        evaluation = evaluate_folder(model.folder, **settings)
+        evaluation.trained = model.trained
+        evaluation.write(folder, extra={"hash": key}, stem=stem)
         print(f"[pipeline] {label}: done in {_duration(time.monotonic() - started)}")
-    print((output / f"{stem}.md").read_text())
+    return results_path
+
+
+def _model_modalities(folder: Path) -> list[str]:
+    from oneencoder.model import read_config
+
+    return list(read_config(folder).encoders)
 
 
 def _duration(seconds: float) -> str:

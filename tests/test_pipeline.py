@@ -360,6 +360,30 @@ def test_start_from_must_hold_a_model_and_feed_a_stage_that_starts_from_one(tmp_
         PipelineSpec.load(_pipeline(tmp_path, [{**align[0], "name": "start"}], start_from="x"))
 
 
+def test_each_stage_is_evaluated_once_and_the_forgetting_table_follows_the_trained_pairs(two_stages, fake_fit, capsys):
+    output = two_stages.parent / "out"
+    config = yaml.safe_load(two_stages.read_text())
+    two_stages.write_text(yaml.safe_dump({**config, "evaluate_each_stage": True}))
+    run_pipeline(two_stages)
+    printed = capsys.readouterr().out
+    assert "evaluation of stage up: " in printed and f"the same model as {output / 'results.json'}" in printed
+    up = json.loads((output / "up/results.json").read_text())
+    assert up["trained_pairs"] == [["image", "text"]]
+    assert (output / "align-audio/results.json").read_text() == (output / "results.json").read_text()
+    assert (output / "up/results.md").is_file() and (output / "align-audio/results.md").is_file()
+    table = json.loads((output / "forgetting.json").read_text())
+    assert table["stages"] == ["up", "align-audio"]
+    assert table["pairs"]["image->text"]["R@1"] == {stage: json.loads((output / stage / "results.json").read_text())
+                                                    ["metrics"]["image->text/R@1"] for stage in ("up", "align-audio")}
+    # fake_fit's models have no audio encoder: the pair it trained has no figures
+    assert table["pairs"]["audio->text"] == {"trained_at": "align-audio", "R@1": {"align-audio": None},
+                                             "R@10": {"align-audio": None}, "change": {"R@1": None, "R@10": None}}
+    assert "| image->text | up | R@1 |" in (output / "forgetting.md").read_text()
+    run_pipeline(two_stages)  # nothing changed: nothing is evaluated again
+    printed = capsys.readouterr().out
+    assert printed.count("done earlier for this model and manifest") == 3 and "done in" not in printed
+
+
 def test_a_stage_trained_again_trains_the_stages_after_it_again(two_stages, fake_fit, capsys):
     output = two_stages.parent / "out"
     run_pipeline(two_stages)
@@ -506,10 +530,10 @@ def chain(shapes_manifest, tmp_path_factory):
         {"name": "align-audio", "config": _stage_config("align_audio.yaml", shapes_manifest, root, epochs=8, num_workers=1)},
     ]
 
-    def write(output):
+    def write(output, **settings):
         path = root / f"{output}.yaml"
         path.write_text(yaml.safe_dump({"output": str(root / output), "stages": stages,
-                                        "evaluation": {"manifest": str(shapes_manifest), "split": "test"}}))
+                                        "evaluation": {"manifest": str(shapes_manifest), "split": "test"}, **settings}))
         return path
 
     return root, write
@@ -557,6 +581,25 @@ def test_a_finished_pipeline_is_skipped(chain, uninterrupted):
     assert stdout.count("done earlier with the same config and inputs, skipping") == 2
     assert "evaluation: done earlier" in stdout
     assert weights.stat().st_mtime_ns == stamp
+
+
+@pytest.mark.slow
+def test_the_frozen_progression_forgets_nothing(chain, uninterrupted):
+    """OneEncoder's align stage freezes everything image-text uses: after it, image-text retrieval is
+    exactly what it was right after the UP stage."""
+    output, _ = uninterrupted
+    stdout = _run(chain[1]("uninterrupted", evaluate_each_stage=True))
+    assert stdout.count("done earlier with the same config and inputs, skipping") == 2  # stages are not retrained
+    for stage in ("up", "align-audio"):
+        assert (output / stage / "results.json").is_file() and (output / stage / "results.md").is_file()
+    table = json.loads((output / "forgetting.json").read_text())
+    assert table["stages"] == ["up", "align-audio"]
+    for direction in ("image->text", "text->image"):
+        row = table["pairs"][direction]
+        assert row["trained_at"] == "up" and row["change"] == {"R@1": 0.0, "R@10": 0.0}, row
+        assert row["R@1"]["up"] > 0.1  # well above chance (1/96): the figure that stayed put is a real one
+    assert table["pairs"]["audio->text"]["trained_at"] == "align-audio"
+    assert (output / "forgetting.md").read_text() in stdout
 
 
 def _children(pid):
