@@ -8,7 +8,7 @@ OPENMOJI := data/openmoji/manifest.jsonl
 SYSTEM_TOOLS := rsvg-convert espeak-ng  # Debian: librsvg2-bin espeak-ng (the demo data's rasteriser and voice)
 
 .DEFAULT_GOAL := help
-.PHONY: help install system-tools up align-audio align-video pipeline demo paper-image-text paper-audio-text \
+.PHONY: help install system-tools up align-audio align-video pipeline demo demo-moe demo-moe-ablations paper-image-text paper-audio-text \
 	paper-video-text paper test test-slow test-full bench faults clean
 
 help:  ## list targets
@@ -60,6 +60,18 @@ $(OPENMOJI): | $(VENV)/.installed
 
 demo: install $(OPENMOJI)  ## the main job: real bundled encoders on OpenMoji, up -> audio -> video, evaluate
 	$(CLI) pipeline configs/pipeline/demo.yaml
+
+MOE_ABLATIONS := one_expert constant_router random_experts
+COMPARE := $(CLI) compare configs/pipeline/demo.yaml configs/pipeline/demo_moe.yaml
+
+demo-moe: demo  ## OneLLM's mixture of experts on the demo's data and caches, side by side with OneEncoder's progression
+	$(CLI) pipeline configs/pipeline/demo_moe.yaml
+	$(COMPARE) --labels OneEncoder OneLLM-MoE --output outputs/compare/demo.md
+
+demo-moe-ablations: demo-moe  ## the MoE with 1 expert, a constant router, random experts (OneLLM's Table 7), compared
+	for ablation in $(MOE_ABLATIONS); do $(CLI) pipeline configs/pipeline/demo_moe_$$ablation.yaml || exit 1; done
+	$(COMPARE) $(foreach a,$(MOE_ABLATIONS),configs/pipeline/demo_moe_$(a).yaml) \
+		--labels OneEncoder OneLLM-MoE $(MOE_ABLATIONS) --output outputs/compare/ablations.md
 
 # OneEncoder's own experiments on the public datasets, for a GPU machine (docs/reproduce.md): each raw
 # dataset, in its own layout under $(DATASETS), is converted once into a manifest under data/paper/.

@@ -64,12 +64,19 @@ class HeadConfig:
 
     Linear(D_m -> hidden_dim), GELU, Linear(hidden_dim -> d), Dropout, LayerNorm, per token;
     ``hidden_dim`` None means d. ``max_positions`` adds a learned position embedding over that many
-    tokens (a video's frames encoded one by one: the temporal embedding).
+    tokens (a video's frames encoded one by one: the temporal embedding). ``pool`` averages each run
+    of that many consecutive real tokens into one before the head: an encoder with fine time steps
+    (Whisper's 20 ms) then costs the projection a fraction of its length.
     """
 
     hidden_dim: int | None = None
     dropout: float = 0.1
     max_positions: int | None = None
+    pool: int = 1
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.pool, int) or self.pool < 1:
+            raise ValueError(f"head `pool` must be an integer >= 1, the number of tokens averaged into one (got {self.pool!r})")
 
 
 @dataclass

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 
@@ -20,9 +21,10 @@ class ProjectionHead(nn.Module):
 
     def __init__(
         self, in_dim: int, out_dim: int, dropout: float = 0.1, hidden_dim: int | None = None,
-        max_positions: int | None = None,
+        max_positions: int | None = None, pool: int = 1,
     ) -> None:
         super().__init__()
+        self.pool = pool
         hidden_dim = hidden_dim or out_dim
         self.net = nn.Sequential(
             nn.Linear(in_dim, hidden_dim),
@@ -35,18 +37,31 @@ class ProjectionHead(nn.Module):
         if self.positions is not None:
             nn.init.normal_(self.positions, std=0.02)
 
-    def forward(self, tokens: Tensor) -> Tensor:
-        """(batch, length, in_dim) -> (batch, length, out_dim)."""
+    def forward(self, tokens: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        """(batch, length, in_dim), mask (batch, length) -> (batch, ceil(length / pool), out_dim) and its mask."""
+        if self.pool > 1:
+            tokens, mask = pool_tokens(tokens, mask, self.pool)
         projected = self.net(tokens)
         if self.positions is None:
-            return projected
+            return projected, mask
         length = projected.shape[1]
         if length > len(self.positions):
             raise ValueError(
                 f"{length} tokens but the position embedding has {len(self.positions)} positions: raise the"
                 " head's `max_positions` or feed fewer frames"
             )
-        return projected + self.positions[:length]
+        return projected + self.positions[:length], mask
+
+
+def pool_tokens(tokens: Tensor, mask: Tensor, size: int) -> tuple[Tensor, Tensor]:
+    """Average each run of `size` consecutive tokens, padding left out: (batch, length, dim) ->
+    (batch, ceil(length / size), dim); a pooled token is real when any token of its run is."""
+    batch, length, dim = tokens.shape
+    pad = -length % size
+    weights = F.pad(mask.to(tokens.dtype), (0, pad)).view(batch, -1, size, 1)
+    runs = F.pad(tokens, (0, 0, 0, pad)).view(batch, -1, size, dim)
+    counts = weights.sum(2)
+    return (runs * weights).sum(2) / counts.clamp_min(1.0), counts.squeeze(-1) > 0
 
 
 class ModalityToken(nn.Module):

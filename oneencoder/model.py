@@ -70,7 +70,9 @@ class OneEncoder(nn.Module):
         encoder = build_encoder(config.encoders[modality])
         head = config.head(modality)
         self.encoders[modality] = encoder
-        self.heads[modality] = ProjectionHead(encoder.dim, config.embed_dim, head.dropout, head.hidden_dim, head.max_positions)
+        self.heads[modality] = ProjectionHead(
+            encoder.dim, config.embed_dim, head.dropout, head.hidden_dim, head.max_positions, head.pool
+        )
         self.tokens[modality] = ModalityToken(
             config.num_modality_tokens, config.token_dim, config.token_hidden_dims, config.embed_dim
         )
@@ -155,7 +157,7 @@ class OneEncoder(nn.Module):
         """Head, then modality-token fusion: the tokens (and their mask) that enter the projection."""
         head = self.heads[modality]
         # fp16 cached features, or fp32 encoder outputs under a bf16-true model, meet the head's dtype.
-        tokens = head(features.to(next(head.parameters()).dtype))
+        tokens, mask = head(features.to(next(head.parameters()).dtype), mask)
         return self.fusion(tokens, mask, self.tokens[modality]())
 
     def forward(self, inputs: dict[str, ModalityInputs]) -> dict[str, Tensor]:

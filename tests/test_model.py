@@ -8,9 +8,10 @@ import torch
 from conftest import tiny_encoder, tiny_model_config
 from safetensors.torch import load_file, save_file
 
-from oneencoder import EncoderConfig, OneEncoder, OneEncoderConfig
+from oneencoder import EncoderConfig, HeadConfig, OneEncoder, OneEncoderConfig
 from oneencoder.encoders import build_encoder
 from oneencoder.freezing import state_fingerprint
+from oneencoder.heads import pool_tokens
 from oneencoder.model import ModelFolderError
 from oneencoder.readers import ImageReader
 from stages.cli import main
@@ -145,3 +146,23 @@ def test_a_damaged_config_names_the_file_and_the_problem(exported, damage):
         expected = r"the model config is invalid .*encoders.image: EncoderConfig has missing required keys \['kind'\]"
     with pytest.raises(ModelFolderError, match=rf"{config}: ?{expected}".replace(": ?is", " is")):
         OneEncoder.from_pretrained(exported)
+
+
+def test_pooled_tokens_average_real_tokens_only():
+    tokens = torch.arange(1.0, 6.0).view(1, 5, 1)
+    mask = torch.tensor([[True, True, True, False, False]])
+    pooled, pooled_mask = pool_tokens(tokens, mask, 2)
+    assert pooled.flatten().tolist() == [1.5, 3.0, 0.0]
+    assert pooled_mask.tolist() == [[True, True, False]]
+
+
+def test_a_pooled_head_embeds_an_item_the_same_whatever_padding_its_batch_adds():
+    torch.manual_seed(0)
+    model = OneEncoder(tiny_model_config(heads={"image": HeadConfig(pool=3)})).eval()
+    features = torch.randn(1, 7, model.encoders["image"].dim)
+    alone = model.project("image", features, torch.ones(1, 7, dtype=torch.bool))
+    padded = torch.cat([features, torch.randn(1, 5, features.shape[-1])], dim=1)
+    mask = torch.tensor([[True] * 7 + [False] * 5])
+    torch.testing.assert_close(model.project("image", padded, mask), alone)
+    with pytest.raises(ValueError, match="`pool` must be an integer >= 1"):
+        HeadConfig(pool=0)
