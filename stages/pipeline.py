@@ -523,7 +523,8 @@ class StageRun:
             print(f"[pipeline] {self.spec.name}: resuming from {last}")
             command += ["--ckpt_path", str(last)]
         else:
-            print(f"[pipeline] {self.spec.name}: training ({self.spec.config})")
+            configs = [self.spec.config] if isinstance(self.spec.config, str) else self.spec.config
+            print(f"[pipeline] {self.spec.name}: training ({' + '.join(configs)})")
         started = time.monotonic()
         returncode = run_child(command)
         if returncode != 0:
