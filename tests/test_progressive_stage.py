@@ -7,6 +7,8 @@ import pytest
 import torch
 from conftest import tiny_encoder, tiny_model_config
 from lightning.pytorch import Trainer, seed_everything
+from lightning.pytorch.loggers import TensorBoardLogger
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from datamodules import BalancedDataModule, Source
 from oneencoder import OneEncoder, ProjectionConfig
@@ -76,14 +78,16 @@ def test_align_on_a_mixture_trains_only_the_new_modality_and_old_embeddings_do_n
     assert state_fingerprint(reference) == before
 
 
-def test_two_pairs_train_in_turns_with_a_loss_each_and_val_loss_their_mean(shapes_manifest, tmp_path):
+def test_two_pairs_train_in_turns_with_a_loss_each_val_loss_their_mean_and_router_histograms(shapes_manifest, tmp_path):
     seed_everything(0)
     OneEncoder(tiny_model_config()).save_pretrained(tmp_path / "up")
     stage = _moe_stage(tmp_path / "up", optimizer=partial(torch.optim.AdamW, lr=1e-3))
     sources = [Source(str(shapes_manifest), ("image", "text")), Source(str(shapes_manifest), ("audio", "text"))]
     data = BalancedDataModule(sources, batch_size=16, num_workers=0, encoders=stage.encoders)
-    trainer = Trainer(max_epochs=1, limit_train_batches=4, limit_val_batches=2, accelerator="cpu", logger=False,
-                      enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    logger = TensorBoardLogger(str(tmp_path / "logs"), name="")
+    trainer = Trainer(max_epochs=1, limit_train_batches=4, limit_val_batches=2, accelerator="cpu", logger=logger,
+                      log_every_n_steps=1, enable_checkpointing=False, enable_progress_bar=False,
+                      enable_model_summary=False)
     experts_before = state_fingerprint(stage.model.up.experts)
     trainer.fit(stage, datamodule=data)
     metrics = trainer.callback_metrics
@@ -91,3 +95,5 @@ def test_two_pairs_train_in_turns_with_a_loss_each_and_val_loss_their_mean(shape
     assert float(metrics["val/loss"]) == pytest.approx(sum(pair_losses) / 2)
     assert {"val/image->text/R@1", "val/audio->text/R@1"} <= set(metrics)
     assert state_fingerprint(stage.model.up.experts) != experts_before
+    events = EventAccumulator(logger.log_dir, size_guidance={"histograms": 0}).Reload()
+    assert {f"router/{m}/expert{k}" for m in ("image", "audio", "text") for k in range(3)} <= set(events.Tags()["histograms"])
