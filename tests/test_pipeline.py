@@ -19,8 +19,8 @@ from conftest import tiny_encoder, tiny_model_config
 from safetensors.torch import load_file
 
 from oneencoder import OneEncoder
-from stages.pipeline import (PipelineError, PipelineSpec, StageSpec, data_sources, has_feature_cache, merge_stage_configs,
-                             model_trained_pairs, plan, resolve_stage_config, run_pipeline, stage_lock, start_model,
+from stages.config_merge import merge_stage_configs
+from stages.pipeline import (PipelineError, PipelineSpec, StageSpec, data_sources, has_feature_cache, model_trained_pairs, plan, resolve_stage_config, run_pipeline, stage_lock, start_model,
                              trained_pairs, weights_digest)
 
 ROOT = Path(__file__).resolve().parents[1]
