@@ -14,6 +14,7 @@ from typing import Any, Sequence
 from oneencoder.files import atomic_write_text
 
 from .forgetting import METRICS, forgetting_markdown
+from .markdown import routing_table, table
 from .pipeline import STAGE_STATE, EvaluationSpec, PipelineSpec, read_json
 
 NOT_MEASURED = "—"  # the run did not evaluate this (a pair or metric it lacks)
@@ -127,7 +128,7 @@ def _retrieval(pipelines: Sequence[PipelineResults]) -> list[str]:
         rows.append(cells)
     return ["## Retrieval", "",
             f"Final models. * : the two modalities were never trained together (transitive); {NOT_MEASURED}: not"
-            " evaluated.", "", *_table(columns, rows)]
+            " evaluated.", "", *table(columns, rows)]
 
 
 def _retrieval_cell(results: dict[str, Any], direction: str, metric: str) -> str:
@@ -157,7 +158,7 @@ def _zero_shot(pipelines: Sequence[PipelineResults]) -> list[str]:
             cells += [_number(section.get("metrics", {}).get(key)) for section in sections]
             cells.append(_number(next((s["chance"][key] for s in sections if key in s.get("chance", {})), None)))
         rows.append(cells)
-    return ["## Zero-shot classification", "", *_table(columns, rows)]
+    return ["## Zero-shot classification", "", *table(columns, rows)]
 
 
 def _forgetting(pipelines: Sequence[PipelineResults]) -> list[str]:
@@ -183,7 +184,7 @@ def _costs(pipelines: Sequence[PipelineResults]) -> list[str]:
         rows.append([pipeline.label, "**total**", "", "", _seconds(None if None in times else sum(times))])
     return ["## Stages: what each trained and cost", "",
             f"Wall time of each stage's last fit run; {NOT_RECORDED}: its stage.json predates the field.", "",
-            *_table(["pipeline", "stage", "pairs trained", "trainable parameters", "wall time"], rows)]
+            *table(["pipeline", "stage", "pairs trained", "trainable parameters", "wall time"], rows)]
 
 
 def _seconds(seconds: float | None) -> str:
@@ -198,18 +199,6 @@ def _routing(pipelines: Sequence[PipelineResults]) -> list[str]:
     if not lines:
         return []
     return ["## Router weights", "", "Each modality's mean router weight per expert over the test items.", *lines]
-
-
-def routing_table(routing: dict[str, list[float]]) -> list[str]:
-    """Markdown rows: a row per modality, a column per expert (results.md's table and this page's)."""
-    experts = max(len(weights) for weights in routing.values())
-    rows = [[modality, *(f"{weight:.3f}" for weight in weights)] for modality, weights in routing.items()]
-    return _table(["modality", *(f"expert {k + 1}" for k in range(experts))], rows)
-
-
-def _table(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
-    return ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns),
-            *("| " + " | ".join(row) + " |" for row in rows)]
 
 
 def _number(value: float | None) -> str:

@@ -28,7 +28,7 @@ from oneencoder.files import atomic_write_text
 from oneencoder.readers import DEFAULT_MAX_PIXELS, build_reader
 from oneencoder.retrieval import chance_levels, check_finite, first_relevant_ranks, recall_at_k
 
-from .compare import routing_table
+from .markdown import routing_table, table
 
 
 @dataclass
@@ -128,9 +128,8 @@ class Evaluation:
                      str(r.queries), str(r.gallery_size)]
             if self.trained is not None:
                 cells.append("yes" if frozenset((r.query, r.gallery)) in self.trained else "no (transitive)")
-            rows.append("| " + " | ".join(cells) + " |")
-        return [f"Retrieval on `{self.manifest}`, split `{self.split}`", "",
-                "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns), *rows]
+            rows.append(cells)
+        return [f"Retrieval on `{self.manifest}`, split `{self.split}`", "", *table(columns, rows)]
 
     def _zero_shot_lines(self) -> list[str]:
         if not self.zero_shot:
@@ -138,14 +137,13 @@ class Evaluation:
         keys = list(self.zero_shot[0].metrics)
         columns = ["modality", *(f"{k} (chance)" for k in keys), "majority class", "records", "classes"]
         rows = [
-            "| " + " | ".join([z.modality, *(f"{z.metrics[k]:.3f} ({z.chance[k]:.3f})" for k in keys),
-                               f"{z.majority:.3f}", str(z.records), str(z.classes)]) + " |"
+            [z.modality, *(f"{z.metrics[k]:.3f} ({z.chance[k]:.3f})" for k in keys), f"{z.majority:.3f}",
+             str(z.records), str(z.classes)]
             for z in self.zero_shot
         ]
         first = self.zero_shot[0]
         return ["", f"Zero-shot classification by `label` ({first.classes} classes, {first.templates} prompt"
-                f" template{'s' if first.templates > 1 else ''} averaged)", "",
-                "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns), *rows]
+                f" template{'s' if first.templates > 1 else ''} averaged)", "", *table(columns, rows)]
 
     def write(self, folder: str | os.PathLike[str], extra: dict[str, Any] | None = None, stem: str = "results") -> None:
         """<stem>.json (plus `extra` keys) and <stem>.md in `folder`."""

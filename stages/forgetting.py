@@ -19,6 +19,8 @@ from typing import Any, Collection, Iterable, Mapping, Sequence
 
 from oneencoder.files import atomic_write_text
 
+from .markdown import table as markdown_table
+
 METRICS = ("R@1", "R@10")
 
 
@@ -68,11 +70,12 @@ def forgetting_markdown(table: Mapping[str, Any], heading: str = "Forgetting") -
         return f"{heading}\n\n(no trained pairs)\n"
     metrics = [key for key in next(iter(pairs.values())) if key not in ("trained_at", "change")]
     columns = ["pair", "trained at", "metric", *stages, "change"]
-    lines = [heading, "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    for name, row in pairs.items():
-        for metric in metrics:
-            cells = [_cell(row[metric][stage]) if stage in row[metric] else "" for stage in stages]
-            lines.append("| " + " | ".join([name, row["trained_at"], metric, *cells, _signed(row["change"][metric])]) + " |")
+    rows = [
+        [name, row["trained_at"], metric, *(_cell(row[metric][stage]) if stage in row[metric] else "" for stage in stages),
+         _signed(row["change"][metric])]
+        for name, row in pairs.items() for metric in metrics
+    ]
+    lines = [heading, "", *markdown_table(columns, rows)]
     lines += ["", "change: the last stage's figure minus the one right after the pair was first trained"
                   " (0: exactly equal)."]
     return "\n".join(lines) + "\n"
