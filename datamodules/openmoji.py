@@ -1,6 +1,8 @@
 """A real (if small) offline set from the OpenMoji npm package: per emoji its drawing as an image,
 its name spoken by espeak-ng as a sound and captions from its name and tags; for some emoji a short
-clip of the drawing panning, zooming or rotating, captioned with the motion.
+clip of the drawing panning, zooming or rotating, captioned with the motion. Beside the manifest,
+av_events.jsonl pairs each clip with its emoji's spoken name and captions: audio-visual events for
+the codebook stage, labelled by the emoji's group.
 
 Everything derives from the package and the seed, so a build is reproducible without a network
 beyond `npm pack`: the same settings give byte-identical files, and a second run rewrites nothing.
@@ -47,6 +49,7 @@ READABLE_GROUPS = {
     "travel-places": "travel and places",
 }
 TAGS_PER_CAPTION = 3
+AV_EVENTS_NAME = "av_events.jsonl"  # beside manifest.jsonl: one record per clip, with its emoji's sound
 
 SAMPLING_RATE = 16000
 VOICES = ("en-us", "en-gb", "en-gb-x-rp", "en-us+f3", "en-gb+m3", "en-029", "en-us+f2", "en-gb-scotland")
@@ -431,8 +434,8 @@ def build_openmoji(
     limit: int | None = None,
     workers: int = 2,
 ) -> Path:
-    """Writes images/, audio/, video/, build.json and manifest.jsonl under `root` from the OpenMoji
-    package (fetched into `root`/downloads when `package` is None); returns the manifest. Resumes
+    """Writes images/, audio/, video/, build.json, manifest.jsonl and AV_EVENTS_NAME under `root`
+    from the OpenMoji package (fetched into `root`/downloads when `package` is None); returns the manifest. Resumes
     an interrupted build and rewrites nothing when everything is in place."""
     _check_settings(size, frames, video_per_split, limit, workers)
     check_tools()
@@ -456,6 +459,7 @@ def build_openmoji(
     records += [_clip_record(job, motion) for job, (motion, _) in zip(clip_jobs, motions)]
     manifest = root / "manifest.jsonl"
     _write_if_changed(manifest, "".join(json.dumps(record) + "\n" for record in records))
+    write_av_events(manifest)
     return manifest
 
 
@@ -482,6 +486,30 @@ def _clip_record(job: Job, motion: str) -> dict[str, Any]:
     return {"id": f"{emoji.hexcode}/{motion.replace(' ', '_')}", "split": job.split,
             "text": [f"{emoji.annotation} {phrase}", f"an emoji of {emoji.annotation}, {phrase}"],
             "video": job.video(motion).relative_to(job.root).as_posix(), "label": group_words(emoji.group)}
+
+
+def write_av_events(manifest: str | Path) -> Path:
+    """Writes AV_EVENTS_NAME beside `manifest` (an OpenMoji manifest.jsonl) and returns it: per clip,
+    in the manifest's order, its id, split, video and label with its emoji's spoken name as `audio`
+    and the emoji's captions (what the sound says) as `text`. Derived from the manifest alone, so an
+    existing build gets it without its tools; rewrites nothing when it is already current."""
+    manifest = Path(manifest)
+    records = read_manifest(manifest)
+    emoji = {record.id: record for record in records if "video" not in record.fields}
+    events = []
+    for clip in (record for record in records if "video" in record.fields):
+        hexcode = clip.id.rsplit("/", 1)[0]  # clip ids are HEXCODE/motion
+        if hexcode not in emoji or "audio" not in emoji[hexcode].fields:
+            raise OpenMojiError(
+                f"{clip.where()}: clip of emoji {hexcode}, which has no record with `audio` in {manifest};"
+                " the manifest is not an OpenMoji build: rebuild it with `oneencoder data openmoji`"
+            )
+        sound = emoji[hexcode].fields
+        events.append({"id": clip.id, "split": clip.split, "text": sound["text"], "video": clip.fields["video"],
+                       "audio": sound["audio"], "label": clip.fields["label"]})
+    target = manifest.parent / AV_EVENTS_NAME
+    _write_if_changed(target, "".join(json.dumps(event) + "\n" for event in events))
+    return target
 
 
 def count_records(manifest: str | Path) -> dict[str, dict[str, int]]:
