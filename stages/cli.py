@@ -1,7 +1,8 @@
 """The `oneencoder` command: LightningCLI's fit / validate / test / predict for every stage, plus
 `oneencoder data ...` to build data sets, `oneencoder cache` to encode a stage's data once,
-`oneencoder pipeline` to chain stages, `oneencoder evaluate` for retrieval between all modalities and
-`oneencoder compare` to put finished pipelines' results side by side.
+`oneencoder pipeline` to chain stages, `oneencoder evaluate` for retrieval between all modalities,
+`oneencoder compare` to put finished pipelines' results side by side, `oneencoder generalize` for a
+codebook's cross-modal generalisation and `oneencoder toc` to choose and store TOC's dimensions.
 
 A user's mistake (a path that is not there, a malformed manifest or config, a dataset not laid out as
 its converter expects, a stale feature cache) ends any command with one line on stderr,
@@ -262,6 +263,104 @@ def compare_command(argv: Sequence[str]) -> None:
     print(page)
 
 
+TOC_CHOICES = ("stored", "on", "off")  # the folder's choice if any; that choice, required; all dimensions
+
+
+def _codebook_arguments(parser: ArgumentParser) -> None:
+    """What `generalize` and `toc` share: the labelled data the features are extracted from."""
+    parser.add_argument("--manifest", required=True, help="a manifest whose records have a `label`, with"
+                        " train, val and test splits")
+    parser.add_argument("--feature_cache", type=Optional[str], default=None, help="the encoders' feature cache")
+    parser.add_argument("--modalities", nargs="+", default=["audio", "video"],
+                        help="the labelled modalities, every ordered pair of which is evaluated")
+    parser.add_argument("--seed", type=int, default=0, help="the classifiers' initialisation and data order")
+
+
+def generalize_parser() -> ArgumentParser:
+    parser = ArgumentParser(
+        prog="oneencoder generalize",
+        description="Cross-modal generalisation of codebook models: for every ordered pair of modalities,"
+        " linear and MLP classifiers trained on the source's quantised train features (epoch chosen on its"
+        " val split) are tested on the target's test split, beside chance, the majority class, the"
+        " same-modality control and the continuous baseline; with codebook usage per modality.",
+    )
+    parser.add_argument("folders", nargs="+", help="codebook stage output folders, one row each")
+    parser.add_argument("--labels", nargs="+", default=None,
+                        help="a row label per folder, e.g. 'shared VQ' '+ FCID' (default: each folder's name)")
+    parser.add_argument("--toc", nargs="+", default=None, choices=TOC_CHOICES,
+                        help="per folder: stored (TOC's dimensions when the folder has a stored choice, else all;"
+                        " the default), on (the stored choice, which must exist) or off (all dimensions)")
+    _codebook_arguments(parser)
+    parser.add_argument("--output", default=None,
+                        help="also write <output>.json and <output>.md, e.g. outputs/codebook/generalization")
+    return parser
+
+
+def _per_folder(values: list[str] | None, folders: list[str], option: str) -> list[str] | None:
+    if values is not None and len(values) != len(folders):
+        raise ValueError(f"{option} has {len(values)} values for {len(folders)} folders; give one per folder")
+    return values
+
+
+def generalize_command(argv: Sequence[str]) -> None:
+    from oneencoder.codebook_model import CodebookModel
+
+    from .codebook_features import extract_features
+    from .generalize import cross_modal_generalization, generalization_table, write_generalization
+
+    args = generalize_parser().parse_args(list(argv))
+    labels = _per_folder(args.labels, args.folders, "--labels") or [Path(f).name for f in args.folders]
+    tocs = _per_folder(args.toc, args.folders, "--toc") or ["stored"] * len(args.folders)
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"--labels must name each row once, got {labels}")
+    rows = {}
+    for label, folder, toc in zip(labels, args.folders, tocs):
+        model = CodebookModel.from_pretrained(folder)
+        if toc == "on" and model.config.toc is None:
+            raise ValueError(f"--toc on for {folder}, which stores no TOC choice; store one with"
+                             f" `oneencoder toc {folder} --k K` or give --toc stored or off")
+        features = extract_features(model, args.manifest, args.feature_cache, args.modalities, toc != "off")
+        rows[label] = cross_modal_generalization(features, model.config.codebook.codes, seed=args.seed)
+    if args.output:
+        written = write_generalization(rows, args.output)
+        print(f"wrote {written[0]} and {written[1]}")
+    print(generalization_table(rows))
+
+
+def toc_parser() -> ArgumentParser:
+    parser = ArgumentParser(
+        prog="oneencoder toc",
+        description="Choose how many dimensions TOC keeps: report cross-modal generalisation for each k of"
+        " --sweep (beside all dimensions), then store --k in the folder.",
+    )
+    parser.add_argument("folder", help="a codebook stage output folder")
+    parser.add_argument("--k", type=int, required=True, help="the number of dimensions to store as the choice")
+    parser.add_argument("--sweep", type=int, nargs="*", default=[], help="the ks to report, e.g. 32 64 128 192 256")
+    _codebook_arguments(parser)
+    parser.add_argument("--output", default=None, help="also write the sweep to <output>.json and <output>.md")
+    return parser
+
+
+def toc_command(argv: Sequence[str]) -> None:
+    from oneencoder.codebook_model import CodebookModel
+
+    from .codebook_features import extract_features
+    from .generalize import generalization_table, toc_sweep, write_generalization
+
+    args = toc_parser().parse_args(list(argv))
+    model = CodebookModel.from_pretrained(args.folder)
+    if args.sweep:
+        features = extract_features(model, args.manifest, args.feature_cache, args.modalities, False)
+        rows = toc_sweep(features, model.config.codebook.codes, args.sweep, model.choose_toc, seed=args.seed)
+        if args.output:
+            written = write_generalization(rows, args.output)
+            print(f"wrote {written[0]} and {written[1]}")
+        print(generalization_table(rows))
+    model.choose_toc(args.k)
+    model.save_pretrained(args.folder)
+    print(f"stored TOC k = {args.k} in {args.folder}")
+
+
 def lightning_command(argv: Sequence[str] | None) -> None:
     """fit / validate / test / predict: LightningCLI, reading sys.argv when `argv` is None."""
     from .lightning_cli import OneEncoderCLI
@@ -275,7 +374,8 @@ def lightning_command(argv: Sequence[str] | None) -> None:
 
 
 TOOL_COMMANDS = {"data": data_command, "cache": cache_command, "pipeline": pipeline_command,
-                 "evaluate": evaluate_command, "compare": compare_command}
+                 "evaluate": evaluate_command, "compare": compare_command, "generalize": generalize_command,
+                 "toc": toc_command}
 
 
 def main(argv: Sequence[str] | None = None) -> None:
