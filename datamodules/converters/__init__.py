@@ -26,6 +26,11 @@ SOURCES: dict[str, str] = {  # source name -> module:function
     "cifar10": "datamodules.converters.cifar10:convert",
     "imagefolder": "datamodules.converters.imagefolder:convert",
     "esc50": "datamodules.converters.esc50:convert",
+    "ave": "datamodules.converters.ave:convert",
+    "ucf101": "datamodules.converters.ucf101:convert",
+    "ucf101-shared": "datamodules.converters.ucf101:convert_shared",
+    "vggsound": "datamodules.converters.vggsound:convert",
+    "vggsound-shared": "datamodules.converters.vggsound:convert_shared",
 }
 
 
