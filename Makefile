@@ -9,7 +9,7 @@ SYSTEM_TOOLS := rsvg-convert espeak-ng  # Debian: librsvg2-bin espeak-ng (the de
 
 .DEFAULT_GOAL := help
 .PHONY: help install system-tools up align-audio align-video pipeline demo demo-moe demo-moe-ablations paper-image-text paper-audio-text \
-	paper-video-text paper test test-slow test-full bench faults clean
+	paper-video-text paper paper-codebook demo-codebook test test-slow test-full bench faults clean
 
 help:  ## list targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  %-17s %s\n", $$1, $$2}'
@@ -105,6 +105,20 @@ paper-video-text: $(VENV)/.installed $(IMAGE_TEXT) $(PAPER)/msrvtt.jsonl  ## GPU
 	$(CLI) pipeline configs/paper/video_text.yaml
 
 paper: paper-image-text paper-audio-text paper-video-text  ## GPU: all three experiments (stage 1 trains once)
+
+# The codebook experiments (arXiv 2403.05168's AVE and UCF-101 <-> VGGSound tasks), after paper-audio-text.
+$(PAPER)/ave.jsonl: | $(VENV)/.installed
+	$(CLI) data convert ave $(DATASETS)/AVE_Dataset $@
+$(PAPER)/ucf101_shared.jsonl: | $(VENV)/.installed
+	$(CLI) data convert ucf101-shared $(DATASETS)/ucf101 $@
+$(PAPER)/vggsound.jsonl: | $(VENV)/.installed
+	$(CLI) data convert vggsound $(DATASETS)/vggsound $@
+$(PAPER)/vggsound_shared.jsonl: | $(VENV)/.installed
+	$(CLI) data convert vggsound-shared $(DATASETS)/vggsound $@
+
+paper-codebook: paper-audio-text $(PAPER)/ave.jsonl $(PAPER)/ucf101_shared.jsonl $(PAPER)/vggsound.jsonl $(PAPER)/vggsound_shared.jsonl  ## GPU: the codebook stage on AVE and VGGSound (docs/reproduce.md)
+	$(CLI) pipeline configs/pipeline/paper_codebook_ave.yaml
+	$(CLI) pipeline configs/pipeline/paper_codebook_ucf_vggsound.yaml
 
 test: install  ## fast test suite (under 5 minutes on 2 cores)
 	$(PY) -m pytest -q

@@ -29,8 +29,9 @@ def fit_epoch(trainer: Trainer | None) -> int:
 
 
 class ManifestDataModule(LightningDataModule):
-    """Pairs of two modalities from a JSON Lines manifest (or several, read as one), split by their
-    `split` field.
+    """Records with every one of `modalities` (a pair for the contrastive stages; audio, video and
+    text together for the codebook stage) from a JSON Lines manifest (or several, read as one), split
+    by their `split` field.
 
     Bad records (a missing file, an empty caption) raise BadRecordError naming the manifest line and
     the file; with `skip_bad_records` they are skipped, counted and logged instead. Files that exist
@@ -44,8 +45,11 @@ class ManifestDataModule(LightningDataModule):
     than `max_image_pixels` pixels (None: no limit) are bad records. `contained_paths` refuses
     manifests whose media paths lead outside their folder (for manifests that are not trusted).
 
-    With `feature_cache` (a folder), batches carry the encoders' token features read from that cache
-    instead of raw inputs, and the encoders' weights are never loaded. The cache is built on first use
+    With `feature_cache` (a folder holding one `<modality>/` cache per modality, or a mapping from each
+    modality to such a folder, so that a stage reads another stage's cache of the same records: the
+    codebook demo reads the align-video stage's video features), batches carry the encoders' token
+    features read from that cache instead of raw inputs, and the encoders' weights are never loaded.
+    The cache is built on first use
     (in `prepare_data`, by one process per node) and refused when it no longer matches the encoders or
     the files; `cache_dtype: float16` halves its size. It holds one encoding per item, read the
     evaluation way (the first `max_seconds`, frames spread over the whole video), so training from
@@ -55,12 +59,12 @@ class ManifestDataModule(LightningDataModule):
     def __init__(
         self,
         manifest: str | list[str],
-        modalities: tuple[str, str] = ("image", "text"),
+        modalities: tuple[str, ...] = ("image", "text"),
         batch_size: int = 64,
         eval_batch_size: int | None = None,
         num_workers: int = 2,
         skip_bad_records: bool = False,
-        feature_cache: str | None = None,
+        feature_cache: str | dict[str, str] | None = None,
         cache_dtype: str = "float32",
         encoders: Mapping[str, FrozenEncoder] | None = None,
         video_backend: str = "decord",
@@ -97,6 +101,15 @@ class ManifestDataModule(LightningDataModule):
             raise ValueError(f"no encoder for {missing}; the model has {sorted(self.encoders)}")
         return self.encoders
 
+    def cache_root(self, modality: str) -> str:
+        """The folder holding `modality`'s feature cache (under `<folder>/<modality>`)."""
+        if not isinstance(self.feature_cache, dict):
+            return str(self.feature_cache)
+        if modality not in self.feature_cache:
+            raise ValueError(f"feature_cache names folders for {sorted(self.feature_cache)} but not for {modality!r};"
+                             " give every modality of the data module a folder, or one folder for all")
+        return self.feature_cache[modality]
+
     def prepare_data(self) -> None:
         if self.feature_cache is not None:
             device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
@@ -112,7 +125,7 @@ class ManifestDataModule(LightningDataModule):
         records, _ = self._usable_records()
         for modality in self.modalities:
             build_cache(
-                self.feature_cache, modality, records, self._encoders()[modality], dtype=self.cache_dtype,
+                self.cache_root(modality), modality, records, self._encoders()[modality], dtype=self.cache_dtype,
                 batch_size=self.eval_batch_size, num_workers=self.num_workers,
                 skip_bad_records=self.skip_bad_records, device=device, overwrite=overwrite,
                 video_backend=self.video_backend, max_image_pixels=self.max_image_pixels,
@@ -144,7 +157,7 @@ class ManifestDataModule(LightningDataModule):
         """Each modality's cache, refused (StaleCacheError) unless it serves these records as they are now."""
         caches = {}
         for modality in self.modalities:
-            cache = FeatureCache(f"{self.feature_cache}/{modality}")
+            cache = FeatureCache(f"{self.cache_root(modality)}/{modality}")
             items = sources(records, modality, signature_memo(cache.folder))
             cache.check(self._encoders()[modality], items, self.cache_dtype, self.video_backend)
             caches[modality] = cache

@@ -66,6 +66,8 @@ class CodebookConfig:
     matching: float = 0.5        # code-matching loss weight, x the sum over modality pairs
     dead_after: int = 300        # training steps a code may go unused before it is reset
     reset_noise: float = 0.01    # std of the reset noise, relative to the source code's RMS (must be > 0)
+    init: str = "data"           # data: codes start as the first training batch's features (+ reset noise); uniform: the release's
+
 
     def __post_init__(self) -> None:
         if self.codes < 2 or self.dim < 1:
@@ -77,6 +79,8 @@ class CodebookConfig:
                              f"(got {self.own_weight}, {self.other_weight})")
         if self.dead_after < 1:
             raise ValueError(f"codebook dead_after must be >= 1 step (got {self.dead_after})")
+        if self.init not in ("data", "uniform"):
+            raise ValueError(f"codebook init must be 'data' or 'uniform' (got {self.init!r})")
         if self.reset_noise <= 0:
             raise ValueError(f"codebook reset_noise must be > 0, or a reset code duplicates its source "
                              f"(got {self.reset_noise})")
@@ -105,6 +109,8 @@ class SharedCodebook(nn.Module):
         self.register_buffer("ema_count", torch.ones(config.codes))
         self.register_buffer("ema_weight", embedding.clone())
         self.register_buffer("unused_steps", torch.zeros(config.codes, dtype=torch.long))
+        # In the checkpoint, so a resumed run does not start its codes again from its first batch.
+        self.register_buffer("initialized", torch.tensor(config.init == "uniform"))
         self._synced = False  # every rank takes rank 0's buffers on its first training forward
 
     @staticmethod
@@ -143,8 +149,10 @@ class SharedCodebook(nn.Module):
                                  f"{tuple(shape)}, {name} is {tuple(features[name].shape)}")
         if self.training and not self._synced:
             self._sync()
-        embedding = self.embedding.clone()  # the update below changes the buffer in place; autograd keeps this
         flat = {m: x.reshape(-1, self.config.dim) for m, x in features.items()}
+        if self.training and not bool(self.initialized):
+            self._initialize(torch.cat([x.detach().float() for x in flat.values()]))
+        embedding = self.embedding.clone()  # the update below changes the buffer in place; autograd keeps this
         distances = {m: self._squared_distances(x, embedding) for m, x in flat.items()}  # features' gradient
         indices = {m: d.detach().argmin(1) for m, d in distances.items()}
         codes = {m: embedding[i] for m, i in indices.items()}
@@ -166,6 +174,21 @@ class SharedCodebook(nn.Module):
             for buffer in (self.embedding, self.ema_count, self.ema_weight, self.unused_steps):
                 dist.broadcast(buffer, src=0)
         self._synced = True
+
+    @torch.no_grad()
+    def _initialize(self, rows: Tensor) -> None:
+        """Codes drawn from the first training batch's rows, plus noise: codes that start where the
+        features are, instead of the release's uniform +-1/codes, which features far from the origin
+        all map to one code of (the codebook collapses before any dead-code reset can act)."""
+        picked = torch.randperm(len(rows))[: self.config.codes] if len(rows) >= self.config.codes \
+            else torch.randint(len(rows), (self.config.codes,))
+        codes = rows[picked.to(rows.device)]
+        codes = codes + self.config.reset_noise * rows.pow(2).mean().sqrt() * torch.randn_like(codes)
+        if _distributed():  # rank 0's draw
+            dist.broadcast(codes, src=0)
+        self.embedding.copy_(codes)
+        self.ema_weight.copy_(codes * self.ema_count.unsqueeze(1))
+        self.initialized.fill_(True)
 
     def _check_dim(self, name: str, features: Tensor) -> None:
         if features.shape[-1] != self.config.dim:

@@ -15,7 +15,7 @@ import os
 import secrets
 import shutil
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from safetensors import SafetensorError
@@ -140,10 +140,14 @@ class OneEncoder(nn.Module):
 
     def project(self, modality: str, features: Tensor, mask: Tensor) -> Tensor:
         """Token features (batch, length, D_m) + mask (batch, length) -> embeddings (batch, d), unit norm."""
+        return normalize(masked_mean(*self.project_tokens(modality, features, mask)))
+
+    def project_tokens(self, modality: str, features: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        """The aligned token sequence before pooling: (batch, length', d) and its mask, without the
+        modality tokens (a codebook stage can read the aligned sequence step by step)."""
         fused, fused_mask = self._fuse(modality, features, mask)
         projected = self.up(fused, fused_mask, modality)
-        projected, fused_mask = self.fusion.strip(projected, fused_mask, self.config.num_modality_tokens)
-        return normalize(masked_mean(projected, fused_mask))
+        return self.fusion.strip(projected, fused_mask, self.config.num_modality_tokens)
 
     def routing(self, modality: str, features: Tensor, mask: Tensor) -> Tensor | None:
         """(batch, K): each item's router weights averaged over the real tokens the experts see
@@ -179,19 +183,24 @@ class OneEncoder(nn.Module):
         was_training = self.training
         self.eval()
         try:
-            device = next(self.parameters()).device
-            encoder = self._encoder(modality)
-            if modality != "text" and any(isinstance(item, (str, os.PathLike)) for item in items):
-                read = build_reader(modality, encoder.preprocessor, video_backend)
-                items = [read(Path(item), None) if isinstance(item, (str, os.PathLike)) else item for item in items]
-            chunks = []
-            for start in range(0, len(items), batch_size):
-                inputs = encoder.preprocess(items[start : start + batch_size])
-                inputs = {k: v.to(device) for k, v in inputs.items()}
-                chunks.append(self({modality: inputs})[modality].cpu())
+            chunks = [self.project(modality, encoded.features, encoded.mask).cpu()
+                      for encoded in self.encode_items(modality, items, batch_size, video_backend)]
             return torch.cat(chunks) if chunks else torch.empty(0, self.config.embed_dim)
         finally:
             self.train(was_training)
+
+    def encode_items(self, modality: str, items: Sequence[Any], batch_size: int = 64,
+                     video_backend: str = "decord") -> Iterator[EncoderOutput]:
+        """Items (as `embed` takes them) -> the frozen encoder's outputs, batch by batch, on this
+        model's device: what `embed` projects and a codebook model quantises."""
+        device = next(self.parameters()).device
+        encoder = self._encoder(modality)
+        if modality != "text" and any(isinstance(item, (str, os.PathLike)) for item in items):
+            read = build_reader(modality, encoder.preprocessor, video_backend)
+            items = [read(Path(item), None) if isinstance(item, (str, os.PathLike)) else item for item in items]
+        for start in range(0, len(items), batch_size):
+            inputs = encoder.preprocess(items[start : start + batch_size])
+            yield self.encode(modality, {k: v.to(device) for k, v in inputs.items()})
 
     def _encoder(self, modality: str) -> FrozenEncoder:
         """The modality's encoder, loaded and on this model's device."""

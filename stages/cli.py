@@ -19,7 +19,7 @@ import sys
 import traceback
 import warnings
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence, Union
 
 from jsonargparse import ArgumentParser, Namespace
 
@@ -268,9 +268,11 @@ TOC_CHOICES = ("stored", "on", "off")  # the folder's choice if any; that choice
 
 def _codebook_arguments(parser: ArgumentParser) -> None:
     """What `generalize` and `toc` share: the labelled data the features are extracted from."""
-    parser.add_argument("--manifest", required=True, help="a manifest whose records have a `label`, with"
-                        " train, val and test splits")
-    parser.add_argument("--feature_cache", type=Optional[str], default=None, help="the encoders' feature cache")
+    parser.add_argument("--manifest", nargs="+", required=True, help="manifests (read as one) whose records have"
+                        " a `label`, with train, val and test splits; each modality is read from the records that have it")
+    parser.add_argument("--feature_cache", type=Optional[Union[str, dict[str, str]]], default=None,
+                        help="the encoders' feature cache: a folder, or {modality: folder} as the stage's config has it")
+    parser.add_argument("--cache_dtype", default="float32", help="the cache's storage dtype (the stage config's)")
     parser.add_argument("--modalities", nargs="+", default=["audio", "video"],
                         help="the labelled modalities, every ordered pair of which is evaluated")
     parser.add_argument("--seed", type=int, default=0, help="the classifiers' initialisation and data order")
@@ -319,7 +321,8 @@ def generalize_command(argv: Sequence[str]) -> None:
         if toc == "on" and model.config.toc is None:
             raise ValueError(f"--toc on for {folder}, which stores no TOC choice; store one with"
                              f" `oneencoder toc {folder} --k K` or give --toc stored or off")
-        features = extract_features(model, args.manifest, args.feature_cache, args.modalities, toc != "off")
+        features = extract_features(model, args.manifest, args.feature_cache, args.modalities, toc != "off",
+                                    args.cache_dtype)
         rows[label] = cross_modal_generalization(features, model.config.codebook.codes, seed=args.seed)
     if args.output:
         written = write_generalization(rows, args.output)
@@ -350,14 +353,14 @@ def toc_command(argv: Sequence[str]) -> None:
     args = toc_parser().parse_args(list(argv))
     model = CodebookModel.from_pretrained(args.folder)
     if args.sweep:
-        features = extract_features(model, args.manifest, args.feature_cache, args.modalities, False)
+        features = extract_features(model, args.manifest, args.feature_cache, args.modalities, False, args.cache_dtype)
         rows = toc_sweep(features, model.config.codebook.codes, args.sweep, model.choose_toc, seed=args.seed)
         if args.output:
             written = write_generalization(rows, args.output)
             print(f"wrote {written[0]} and {written[1]}")
         print(generalization_table(rows))
     model.choose_toc(args.k)
-    model.save_pretrained(args.folder)
+    model.save_toc(args.folder)
     print(f"stored TOC k = {args.k} in {args.folder}")
 
 

@@ -8,7 +8,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 # The classes the configs name by class_path, imported here so that LightningCLI's subclass mode
 # lists them in --help (the packages themselves load them only on first use).
 from datamodules import BalancedDataModule, ManifestDataModule  # noqa: F401
-from stages import AlignStage, ExportPretrained, ProgressiveStage, UPStage  # noqa: F401
+from stages import AlignStage, CodebookStage, ExportPretrained, ProgressiveStage, UPStage  # noqa: F401
 
 
 class OneEncoderCLI(LightningCLI):

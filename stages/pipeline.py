@@ -40,6 +40,7 @@ import dataclasses
 import hashlib
 import importlib
 import inspect
+import itertools
 import json
 import logging
 import os
@@ -332,8 +333,11 @@ def _file_digest(path: Path) -> str:
 
 def trained_pairs(config: dict[str, Any]) -> set[frozenset[str]]:
     """The pairs of modalities a stage trained together, read from its model arguments: `pairs`
-    (ProgressiveStage), `modality` + `anchor` (AlignStage) or `pair` (UPStage)."""
+    (ProgressiveStage), `modality` + `anchor` (AlignStage), `modalities` (CodebookStage: every pair
+    shares the codebook) or `pair` (UPStage)."""
     args = (config.get("model") or {}).get("init_args") or {}
+    if "modalities" in args:
+        return {frozenset(pair) for pair in itertools.combinations(args["modalities"] or [], 2)}
     if "pairs" in args:
         return {frozenset(pair) for pair in args["pairs"] or []}
     if "modality" in args:

@@ -26,7 +26,7 @@ ROWS = {
 
 
 def _codebook(**overrides) -> SharedCodebook:
-    config = CodebookConfig(**{"codes": 3, "dim": 2, "decay": 0.9, "epsilon": 0.1, **overrides})
+    config = CodebookConfig(**{"codes": 3, "dim": 2, "decay": 0.9, "epsilon": 0.1, "init": "uniform", **overrides})
     codebook = SharedCodebook(config)
     codebook.embedding.copy_(torch.tensor(CODES))
     codebook.ema_weight.copy_(torch.tensor(CODES))
@@ -144,13 +144,28 @@ def test_state_dict_round_trip():
     for _ in range(4):
         trained({"audio": torch.randn(5, 4), "video": torch.randn(5, 4)})
     state = trained.state_dict()
-    assert set(state) == {"embedding", "ema_count", "ema_weight", "unused_steps"}
+    assert set(state) == {"embedding", "ema_count", "ema_weight", "unused_steps", "initialized"}
     loaded = SharedCodebook(CodebookConfig(codes=8, dim=4, dead_after=2))
     loaded.load_state_dict(state)
     for key, value in loaded.state_dict().items():
         assert torch.equal(value, state[key]), key
     probe = torch.randn(6, 4)
     assert torch.equal(loaded.nearest(probe)[0], trained.nearest(probe)[0])
+
+
+def test_codes_start_from_the_first_training_batch_so_features_far_from_the_origin_spread_over_them():
+    torch.manual_seed(3)
+    rows = 5.0 + torch.randn(64, 4)
+    uniform = SharedCodebook(CodebookConfig(codes=16, dim=4, init="uniform"))
+    data = SharedCodebook(CodebookConfig(codes=16, dim=4))
+    for codebook in (uniform, data):
+        codebook({"audio": rows[:32], "video": rows[32:]})
+    assert len(uniform.nearest(rows)[0].unique()) == 1  # the release's start: one code takes everything
+    assert len(data.nearest(rows)[0].unique()) > 8
+    assert bool(data.initialized)
+    before = data.embedding.clone()
+    data.eval()({"audio": rows[:32] + 100, "video": rows[32:]})
+    assert torch.equal(data.embedding, before)  # started once, and never by evaluation
 
 
 def test_toc_scores_match_the_definition_and_pick_planted_dimensions():
@@ -177,7 +192,7 @@ from oneencoder.codebook import CodebookConfig, SharedCodebook
 rank, port = int(sys.argv[1]), sys.argv[2]
 dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
 torch.manual_seed(rank)
-codebook = SharedCodebook(CodebookConfig(codes=16, dim=4, dead_after=3))
+codebook = SharedCodebook(CodebookConfig(codes=16, dim=4, dead_after=3, init="uniform"))
 initial = codebook.embedding.clone() if rank == 0 else None
 resets, reset = [], codebook._reset
 codebook._reset = lambda dead, used: (resets.append(dead.tolist()), reset(dead, used))
@@ -210,7 +225,7 @@ def test_two_gloo_processes_with_different_data_hold_identical_codes_and_resets(
     assert first["resets"] == second["resets"] and first["resets"], "expected dead-code resets on both ranks"
     assert first["steps"][0]["batch"] != second["steps"][0]["batch"]
     # the all-reduced first step equals one process seeing both ranks' rows (starting from rank 0's codes)
-    single = SharedCodebook(CodebookConfig(codes=16, dim=4, dead_after=3))
+    single = SharedCodebook(CodebookConfig(codes=16, dim=4, dead_after=3, init="uniform"))
     single.embedding.copy_(torch.tensor(first["initial"]))
     single.ema_weight.copy_(single.embedding)
     single({m: torch.tensor(first["steps"][0]["batch"][m] + second["steps"][0]["batch"][m])

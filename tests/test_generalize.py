@@ -181,7 +181,7 @@ class FakeCodebookModel:
         self.config.toc = list(range(k))
         return self.config.toc
 
-    def save_pretrained(self, folder):
+    def save_toc(self, folder):
         FakeCodebookModel.saved[str(folder)] = self.config.toc
 
 
@@ -190,7 +190,7 @@ def fake_lead_modules(monkeypatch):
     """The lead's feature extraction and model, replaced: the commands' own logic, without a model."""
     calls = []
 
-    def extract_features(model, manifest, feature_cache, modalities, toc):
+    def extract_features(model, manifest, feature_cache, modalities, toc, cache_dtype):
         calls.append((model.folder, manifest, feature_cache, modalities, toc))
         return select_dimensions(planted(dim=8), model.config.toc) if toc and model.config.toc else planted(dim=8)
 
@@ -208,7 +208,7 @@ def test_generalize_command_parses_and_writes_one_row_per_folder(fake_lead_modul
     main(["generalize", "runs/vq", "runs/toc", "--labels", "shared VQ", "+ TOC", "--toc", "off", "stored",
           "--manifest", "m.jsonl", "--feature_cache", "cache", "--output", str(tmp_path / "generalization")])
     assert [call[4] for call in fake_lead_modules] == [False, True]
-    assert fake_lead_modules[0][:4] == ("runs/vq", "m.jsonl", "cache", ["audio", "video"])
+    assert fake_lead_modules[0][:4] == ("runs/vq", ["m.jsonl"], "cache", ["audio", "video"])
     printed = capsys.readouterr().out
     assert "| shared VQ |" in printed and "| + TOC |" in printed
     assert (tmp_path / "generalization.md").exists() and (tmp_path / "generalization.json").exists()

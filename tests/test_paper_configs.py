@@ -139,9 +139,9 @@ def paper_workdir(shapes_manifest: Path, tmp_path_factory: pytest.TempPathFactor
     return work
 
 
-def _make_conversions(datasets: Path) -> list[list[str]]:
-    """(source, root, manifest) of each `oneencoder data convert` that `make paper` would run."""
-    dry_run = subprocess.run(["make", "-n", "-B", "paper", f"DATASETS={datasets}"], cwd=ROOT, capture_output=True,
+def _make_conversions(datasets: Path, targets: tuple[str, ...] = ("paper",)) -> list[list[str]]:
+    """(source, root, manifest) of each `oneencoder data convert` that `make <targets>` would run."""
+    dry_run = subprocess.run(["make", "-n", "-B", *targets, f"DATASETS={datasets}"], cwd=ROOT, capture_output=True,
                              text=True, check=True).stdout
     return [line.split(" data convert ")[1].split() for line in dry_run.splitlines() if " data convert " in line]
 
@@ -176,7 +176,7 @@ def _pipeline(config: str, cwd: Path) -> str:
 
 
 def test_make_converts_every_manifest_the_paper_configs_read():
-    made = {out for _, _, out in _make_conversions(Path("datasets"))}
+    made = {out for _, _, out in _make_conversions(Path("datasets"), ("paper", "paper-codebook"))}
     read = set()
     for config in (ROOT / "configs/paper").rglob("*.yaml"):
         data = yaml.safe_load(config.read_text())
