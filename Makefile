@@ -73,6 +73,22 @@ demo-moe-ablations: demo-moe  ## the MoE with 1 expert, a constant router, rando
 	$(COMPARE) $(foreach a,$(MOE_ABLATIONS),configs/pipeline/demo_moe_$(a).yaml) \
 		--labels OneEncoder OneLLM-MoE $(MOE_ABLATIONS) --output outputs/compare/ablations.md
 
+CODEBOOK_ROWS := vq fcid aligned
+AV_EVENTS := data/openmoji/av_events.jsonl
+GENERALIZE := --manifest $(AV_EVENTS) --modalities audio video --cache_dtype float16 \
+	--feature_cache '{"audio": "data/openmoji/features/codebook", "video": "data/openmoji/features/align-video"}'
+CODEBOOK := outputs/pipeline/demo_codebook
+
+$(AV_EVENTS): $(OPENMOJI)  # OpenMoji builds from before the codebook stage lack it; the build adds it
+	$(CLI) data openmoji data/openmoji
+
+demo-codebook: demo $(AV_EVENTS)  ## the codebook stage on the demo's caches: shared VQ, + FCID, + FCID + TOC, cross-modal generalization
+	for row in $(CODEBOOK_ROWS); do $(CLI) pipeline configs/pipeline/demo_codebook_$$row.yaml || exit 1; done
+	$(CLI) toc $(CODEBOOK)_fcid/codebook --k 128 --sweep 32 64 128 192 $(GENERALIZE) --output outputs/codebook/toc
+	$(CLI) generalize $(CODEBOOK)_vq/codebook $(CODEBOOK)_fcid/codebook $(CODEBOOK)_fcid/codebook $(CODEBOOK)_aligned/codebook \
+		--labels "shared VQ" "+ FCID" "+ FCID + TOC" "+ FCID, aligned inputs" --toc off off on off \
+		$(GENERALIZE) --output outputs/codebook/generalization
+
 # OneEncoder's own experiments on the public datasets, for a GPU machine (docs/reproduce.md): each raw
 # dataset, in its own layout under $(DATASETS), is converted once into a manifest under data/paper/.
 DATASETS ?= datasets

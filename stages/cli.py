@@ -86,7 +86,7 @@ def report_mistakes(command: str, run: Callable[[], None]) -> None:
 
 
 def data_parser() -> ArgumentParser:
-    """`oneencoder data shapes | openmoji | convert`; what each builds is imported only when it runs."""
+    """`oneencoder data shapes | shapes-av | openmoji | convert`; what each builds is imported only when it runs."""
     from datamodules.converters import SOURCES
     from datamodules.manifest import SPLITS
 
@@ -101,6 +101,19 @@ def data_parser() -> ArgumentParser:
     shapes.add_argument("--size", type=int, default=32, help="image and video side in pixels (even)")
     shapes.add_argument("--seed", type=int, default=0)
     commands.add_subcommand("shapes", shapes)
+    shapes_av = ArgumentParser(
+        description="The planted synchronous audio-visual set: per item 8 steps, each a coloured shape flashing"
+        " in its frame and a tone of that colour's pitch in the same quarter second (or nothing), labelled"
+        " with the item's dominant colour; the codebook stage's fine level must find the alignment."
+    )
+    shapes_av.add_argument("root", help="folder to write audio/, video/ and manifest.jsonl into")
+    for split in SPLITS:  # the defaults live in datamodules.shapes_av
+        shapes_av.add_argument(f"--{split}", type=Optional[int], default=None,
+                               help=f"{split} items (default: ITEMS_PER_SPLIT in datamodules/shapes_av.py)")
+    shapes_av.add_argument("--steps", type=int, default=8)
+    shapes_av.add_argument("--size", type=int, default=32, help="video side in pixels (even)")
+    shapes_av.add_argument("--seed", type=int, default=0)
+    commands.add_subcommand("shapes-av", shapes_av)
     openmoji = ArgumentParser(
         description="Emoji from the OpenMoji npm package: per emoji its drawing, its name spoken (16 kHz)"
         " and captions; for some, a clip of the drawing panning, zooming or rotating. Needs rsvg-convert"
@@ -128,13 +141,21 @@ def data_parser() -> ArgumentParser:
 
 def data_command(argv: Sequence[str]) -> None:
     args = data_parser().parse_args(list(argv))
-    {"shapes": _shapes, "openmoji": _openmoji, "convert": _convert}[args.subcommand](args[args.subcommand])
+    {"shapes": _shapes, "shapes-av": _shapes_av, "openmoji": _openmoji, "convert": _convert}[args.subcommand](
+        args[args.subcommand])
 
 
 def _shapes(options: Namespace) -> None:
     from datamodules.shapes import write_shapes_dataset
 
     print(f"wrote {write_shapes_dataset(options.root, options.train_per_combo, options.size, options.seed)}")
+
+
+def _shapes_av(options: Namespace) -> None:
+    from datamodules.shapes_av import ITEMS_PER_SPLIT, write_shapes_av
+
+    counts = {split: ITEMS_PER_SPLIT[split] if options[split] is None else options[split] for split in ITEMS_PER_SPLIT}
+    print(f"wrote {write_shapes_av(options.root, counts, options.steps, options.size, options.seed)}")
 
 
 def _openmoji(options: Namespace) -> None:

@@ -7,7 +7,7 @@ step; a decoder rebuilds the step from both (reconstruction), CLUB keeps the two
 generic steps' mean, through a linear layer, is quantised in the shared codebook (commitment,
 cross-modal EMA update and code matching, see oneencoder/codebook.py). The fine level is cross-modal
 CPC between the `fine_modalities`' generic steps; the coarse level is InfoNCE between each other
-modality's quantised vector and text's, weighted `weights.coarse` from epoch `coarse_from_epoch` on
+modality's coarse vector (the one the codebook quantises) and text's, weighted `weights.coarse` from epoch `coarse_from_epoch` on
 (the released code's 0.3 from the fourth epoch). With every FCID weight at 0 what is left is a plain
 shared VQ: reconstruction, commitment and code matching.
 """
@@ -150,10 +150,10 @@ class CodebookStage(LightningModule):
         if self.cpc is not None and self.weights.fine > 0:
             terms["fine"] = self.cpc(out["generic"])
             total = total + self.weights.fine * terms["fine"]
-        if coarse_weight > 0:
-            anchor = F.normalize(quantized.quantized[self.anchor], dim=-1)
+        if coarse_weight > 0:  # on the vectors the codebook quantises: while codes are shared, quantised ones tie
+            anchor = F.normalize(out["coarse"][self.anchor], dim=-1)
             terms["coarse"] = torch.stack([
-                self.coarse_loss(F.normalize(quantized.quantized[m], dim=-1), anchor)["loss"]
+                self.coarse_loss(F.normalize(out["coarse"][m], dim=-1), anchor)["loss"]
                 for m in modalities if m != self.anchor
             ]).sum()
             total = total + coarse_weight * terms["coarse"]
