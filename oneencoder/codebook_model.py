@@ -99,7 +99,8 @@ def resample_steps(tokens: Tensor, mask: Tensor, steps: int) -> Tensor:
     return weights @ tokens / weights.sum(-1, keepdim=True).clamp_min(1.0)
 
 
-def _mlp(in_dim: int, hidden_dim: int, out_dim: int) -> nn.Sequential:
+def mlp(in_dim: int, hidden_dim: int, out_dim: int) -> nn.Sequential:
+    """Linear -> GELU -> Linear: every per-modality network of the codebook stage."""
     return nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, out_dim))
 
 
@@ -116,7 +117,7 @@ class CodebookModel(nn.Module):
         self.config = config
         self.base = base.requires_grad_(False).eval()
         dim = config.codebook.dim
-        self.generic = nn.ModuleDict({m: _mlp(self.input_dim(m), config.hidden_dim, dim) for m in config.modalities})
+        self.generic = nn.ModuleDict({m: mlp(self.input_dim(m), config.hidden_dim, dim) for m in config.modalities})
         self.coarse = nn.ModuleDict({m: nn.Linear(dim, dim) for m in config.modalities})
         self.codebook = SharedCodebook(config.codebook)
 

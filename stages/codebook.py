@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from oneencoder import ContrastiveLoss, OneEncoder
 from oneencoder.codebook import CodebookConfig
-from oneencoder.codebook_model import CodebookModel, CodebookModelConfig
+from oneencoder.codebook_model import CodebookModel, CodebookModelConfig, mlp
 from oneencoder.encoders import FrozenEncoder
 from oneencoder.freezing import count_parameters
 from oneencoder.seeding import epoch_seed
@@ -98,8 +98,8 @@ class CodebookStage(LightningModule):
         self.optimizer = optimizer
         self.scheduler = scheduler
         dim = config.codebook.dim
-        self.specific = nn.ModuleDict({m: _mlp(self.model.input_dim(m), hidden_dim, dim) for m in config.modalities})
-        self.decoders = nn.ModuleDict({m: _mlp(2 * dim, hidden_dim, self.model.input_dim(m)) for m in config.modalities})
+        self.specific = nn.ModuleDict({m: mlp(self.model.input_dim(m), hidden_dim, dim) for m in config.modalities})
+        self.decoders = nn.ModuleDict({m: mlp(2 * dim, hidden_dim, self.model.input_dim(m)) for m in config.modalities})
         self.clubs = nn.ModuleDict({m: Club(dim, dim, hidden_dim) for m in config.modalities})
         fine = tuple(config.fine_modalities)
         self.cpc = CrossCPC(fine, dim, hidden_dim, tuple(fine_offsets)) if len(fine) == 2 else None  # type: ignore[arg-type]
@@ -241,10 +241,6 @@ class CodebookStage(LightningModule):
         if self.scheduler is None:
             return [optimizer, club_optimizer]
         return [optimizer, club_optimizer], [self.scheduler(optimizer)]
-
-
-def _mlp(in_dim: int, hidden_dim: int, out_dim: int) -> nn.Sequential:
-    return nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, out_dim))
 
 
 def _perplexity(indices: Tensor, codes: int) -> Tensor:

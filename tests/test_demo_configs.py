@@ -31,13 +31,27 @@ def test_every_demo_stage_parses_with_its_base(pipeline, stage, capsys):
     assert configs[0] == "configs/demo/base.yaml"
     config = printed_config(configs, capsys)
     model = config["model"]
-    assert model["class_path"] in ("stages.UPStage", "stages.AlignStage", "stages.ProgressiveStage")
+    assert model["class_path"] in ("stages.UPStage", "stages.AlignStage", "stages.ProgressiveStage", "stages.CodebookStage")
     assert config["trainer"]["callbacks"][0]["class_path"] == "stages.checkpoint.StageCheckpoint"
     if model["class_path"] == "stages.ProgressiveStage":
         assert config["data"]["class_path"] == "datamodules.BalancedDataModule"
         pairs = {tuple(p) for p in model["init_args"]["pairs"]}
         sources = {tuple(s["modalities"]) for s in config["data"]["init_args"]["sources"]}
         assert pairs == sources  # every pair the stage trains has its source, and no source is left unused
+    if model["class_path"] == "stages.CodebookStage":
+        modalities = model["init_args"]["modalities"]
+        assert config["data"]["init_args"]["modalities"] == modalities
+        assert set(config["data"]["init_args"]["feature_cache"]) == set(modalities)  # a cache folder for each
+
+
+def test_the_codebook_rows_differ_from_fcid_in_what_they_name_only(capsys):
+    base = ["configs/demo/base.yaml", "configs/demo/codebook.yaml"]
+    fcid = printed_config(base, capsys)["model"]["init_args"]
+    vq = printed_config([*base, "configs/demo/codebook_vq.yaml"], capsys)["model"]["init_args"]
+    aligned = printed_config([*base, "configs/demo/codebook_aligned.yaml"], capsys)["model"]["init_args"]
+    assert {k for k in fcid if fcid[k] != vq[k]} == {"weights"}
+    assert {k for k, v in vq["weights"].items() if v} == {"reconstruction"}
+    assert {k for k in fcid if fcid[k] != aligned[k]} == {"inputs"} and aligned["inputs"] == "aligned"
 
 
 def test_the_ablations_differ_from_the_moe_stage_in_what_they_name_only(capsys):
