@@ -11,6 +11,7 @@ from conftest import tiny_encoder
 from lightning import Trainer
 from torch.utils.data import DataLoader
 
+from datamodules import ManifestDataModule
 from oneencoder import OneEncoder, OneEncoderConfig
 from oneencoder.codebook import CodebookConfig
 from oneencoder.codebook_model import CodebookModel, resample_steps
@@ -166,7 +167,14 @@ def test_features_for_generalization_keep_splits_and_labels(previous, tmp_path):
     manifest = write_shapes_av(tmp_path / "av", {"train": 6, "val": 3, "test": 3}, steps=4, size=32)
     stage = _stage(previous)
     stage.model.save_pretrained(tmp_path / "codebook")
-    features = extract_features(tmp_path / "codebook", str(manifest), modalities=("audio", "video"), num_workers=0)
+    # Each modality's cache in its own folder, as the demo reads another stage's video cache.
+    caches = {"audio": str(tmp_path / "audio-cache"), "video": str(tmp_path / "video-cache")}
+    ManifestDataModule(str(manifest), ("audio", "video"), num_workers=0, feature_cache=caches,
+                       encoders=stage.model.base.encoders).build_feature_cache()
+    assert (tmp_path / "audio-cache/audio/header.json").is_file() and (tmp_path / "video-cache/video/header.json").is_file()
+    features = extract_features(tmp_path / "codebook", str(manifest), caches, modalities=("audio", "video"))
+    online = extract_features(tmp_path / "codebook", str(manifest), modalities=("audio", "video"))
+    assert torch.allclose(features["video"]["test"].continuous, online["video"]["test"].continuous, atol=1e-4)
     records = [json.loads(line) for line in manifest.read_text().splitlines()]
     for split in ("train", "val", "test"):
         expected = [r["label"] for r in records if r["split"] == split]
