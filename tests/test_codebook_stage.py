@@ -181,3 +181,15 @@ def test_features_for_generalization_keep_splits_and_labels(previous, tmp_path):
         for m in ("audio", "video"):
             assert features[m][split].labels == expected
             assert features[m][split].quantized.shape == (len(expected), 8)
+
+
+def test_the_club_bound_is_never_negative_so_encoders_cannot_fool_a_lagging_estimator():
+    from stages.fcid import Club
+
+    torch.manual_seed(0)
+    club = Club(4, 4, 16)
+    x = torch.randn(64, 4)
+    with torch.no_grad():
+        predicted = club.mean(x)
+    assert float(club(x, -10 * predicted)) == 0.0  # anti-predicted: uncut, the bound would be far below 0
+    assert float(club(x, predicted + 0.01 * torch.randn(64, 4))) > 0  # predictable: information to remove
