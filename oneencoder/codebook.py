@@ -42,6 +42,7 @@ to be bypassed and only the argmin would remain; not worth a new dependency.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from itertools import combinations
 
@@ -256,14 +257,28 @@ class SharedCodebook(nn.Module):
             for buffer in (self.embedding, self.ema_count, self.ema_weight):
                 dist.broadcast(buffer, src=0)
 
-    def usage(self, indices: Tensor) -> dict[str, float]:
-        """Perplexity of the code histogram of `indices` and the number of codes it never uses."""
-        if indices.numel() == 0:
-            raise ValueError("codebook usage needs at least one index")
-        histogram = torch.bincount(indices.flatten().long(), minlength=self.config.codes).double()
-        p = histogram / histogram.sum()
-        entropy = -(p * p.clamp_min(1e-300).log()).sum()
-        return {"perplexity": float(entropy.exp()), "dead_codes": int((histogram == 0).sum())}
+    def usage(self, indices: Tensor) -> CodeUsage:
+        return code_usage(indices, self.config.codes)
+
+
+@dataclass
+class CodeUsage:
+    """How a set of items uses the codebook."""
+
+    perplexity: float  # exp(entropy of code use): how many codes it effectively uses
+    dead_codes: int  # codes it never uses
+    codes: int
+
+
+def code_usage(indices: Tensor, codes: int) -> CodeUsage:
+    """Perplexity and dead codes of `indices` (any shape) among `codes` codes."""
+    flat = indices.reshape(-1).long()
+    if len(flat) and (flat.min() < 0 or flat.max() >= codes):
+        raise ValueError(f"code indices must lie in [0, {codes}), got {flat.min().item()}..{flat.max().item()}")
+    counts = torch.bincount(flat, minlength=codes).double()
+    share = counts[counts > 0] / max(counts.sum().item(), 1.0)
+    perplexity = math.exp(-(share * share.log()).sum().item()) if len(flat) else 0.0
+    return CodeUsage(perplexity, int((counts == 0).sum()), codes)
 
 
 def toc_scores(embedding: Tensor, similarity_weight: float = 0.7, variance_weight: float = 0.3) -> Tensor:

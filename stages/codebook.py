@@ -157,9 +157,8 @@ class CodebookStage(LightningModule):
                 for m in modalities if m != self.anchor
             ]).sum()
             total = total + coarse_weight * terms["coarse"]
-        terms["perplexity"] = torch.stack([
-            _perplexity(quantized.indices[m], self.model.config.codebook.codes) for m in modalities
-        ]).mean().detach()
+        usage = [self.model.codebook.usage(quantized.indices[m]).perplexity for m in modalities]
+        terms["perplexity"] = total.new_tensor(sum(usage) / len(usage))  # on the loss's device, for sync_dist
         return total, terms
 
     def _fit_clubs(self, out: dict[str, dict[str, Tensor]]) -> Tensor:
@@ -242,8 +241,3 @@ class CodebookStage(LightningModule):
             return [optimizer, club_optimizer]
         return [optimizer, club_optimizer], [self.scheduler(optimizer)]
 
-
-def _perplexity(indices: Tensor, codes: int) -> Tensor:
-    """exp(entropy) of the batch's code use: 1 when every item takes one code, up to min(batch, codes)."""
-    probabilities = torch.bincount(indices, minlength=codes).float() / max(len(indices), 1)
-    return torch.exp(-(probabilities * torch.log(probabilities.clamp_min(1e-10))).sum())

@@ -33,6 +33,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.functional import cross_entropy
 
+from oneencoder.codebook import CodeUsage, code_usage
 from oneencoder.files import atomic_write_text
 
 from .markdown import table
@@ -183,26 +184,6 @@ class PairAccuracy:
     @property
     def name(self) -> str:
         return f"{self.source}->{self.target}"
-
-
-@dataclass
-class CodeUsage:
-    """How a modality's test split uses the codebook."""
-
-    perplexity: float  # exp(entropy of code use): how many codes it effectively uses
-    dead_codes: int  # codes it never uses
-    codes: int
-
-
-def code_usage(indices: Tensor, codes: int) -> CodeUsage:
-    """Perplexity and dead codes of `indices` (any shape) among `codes` codes."""
-    flat = indices.reshape(-1).long()
-    if len(flat) and (flat.min() < 0 or flat.max() >= codes):
-        raise ValueError(f"code indices must lie in [0, {codes}), got {flat.min().item()}..{flat.max().item()}")
-    counts = torch.bincount(flat, minlength=codes).double()
-    share = counts[counts > 0] / max(counts.sum().item(), 1.0)
-    perplexity = math.exp(-(share * share.log()).sum().item()) if len(flat) else 0.0
-    return CodeUsage(perplexity, int((counts == 0).sum()), codes)
 
 
 def majority_accuracy(train_labels: Sequence[str], test_labels: Sequence[str]) -> float:

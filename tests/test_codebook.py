@@ -133,7 +133,7 @@ def test_nearest_and_usage():
     assert indices.tolist() == [[1, 2], [0, 1]] and vectors.shape == (2, 2, 2)
     torch.testing.assert_close(vectors[0, 1], torch.tensor([0.0, 1.0]))
     usage = codebook.usage(torch.tensor([0, 0, 1, 1]))
-    assert usage["dead_codes"] == 1 and usage["perplexity"] == pytest.approx(2.0)
+    assert usage.dead_codes == 1 and usage.perplexity == pytest.approx(2.0)
     with pytest.raises(ValueError, match="expected codebook.dim=2"):
         codebook.nearest(torch.zeros(3, 4))
 
