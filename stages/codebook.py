@@ -53,6 +53,11 @@ class CodebookStage(LightningModule):
     """Loads `previous` (a OneEncoder folder; frozen) and trains a CodebookModel plus FCID's
     training-only networks on records holding every one of `modalities`.
 
+    Under DDP use `strategy: ddp_find_unused_parameters_true`: CLUB's estimators take their own
+    backward pass inside each step, the coarse level's loss joins only from `coarse_from_epoch`, and
+    the cut CLUB bound gives no gradient while it is 0, so not every parameter has a gradient in
+    every backward pass. The codebook's statistics are all-reduced, so every rank holds the same codes.
+
     `val/loss` is the objective at its final weights (the coarse terms counted from the first epoch)
     without the CLUB bound, whose value moves with its own estimator's fit: so epochs before and after
     the coarse level joins compare, and the export keeps the best.

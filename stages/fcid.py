@@ -27,9 +27,9 @@ class CrossCPC(nn.Module):
         self.self_weight = self_weight
         self.temperature = temperature
         self.context = nn.ModuleDict({m: nn.GRU(dim, context_dim, batch_first=True) for m in modalities})
-        self.predict = nn.ModuleDict({
+        self.predict = nn.ModuleDict({  # a modality's own step t is in its context: nothing to predict
             f"{source}_{target}_{k}": nn.Linear(context_dim, dim)
-            for source in modalities for target in modalities for k in self.offsets
+            for source in modalities for target in modalities for k in self.offsets if source != target or k > 0
         })
 
     def predictions(self, source: str, target: str, offset: int, steps: dict[str, Tensor]) -> Tensor:
@@ -70,7 +70,7 @@ class CrossCPC(nn.Module):
                        + torch.arange(offset, length, device=steps[a].device)[None, :]).reshape(-1)
             for source, target in ((a, b), (b, a), (a, a), (b, b)):
                 weight = 1.0 if source != target else self.self_weight
-                if weight == 0 or (source == target and offset == 0):  # its own step: nothing to predict
+                if weight == 0 or f"{source}_{target}_{offset}" not in self.predict:
                     continue
                 logits = self.scores(source, target, offset, steps).reshape(batch * span, batch * length)
                 total = total + weight * F.cross_entropy(logits, targets)

@@ -193,3 +193,23 @@ def test_the_club_bound_is_never_negative_so_encoders_cannot_fool_a_lagging_esti
         predicted = club.mean(x)
     assert float(club(x, -10 * predicted)) == 0.0  # anti-predicted: uncut, the bound would be far below 0
     assert float(club(x, predicted + 0.01 * torch.randn(64, 4))) > 0  # predictable: information to remove
+
+
+@pytest.mark.slow
+def test_two_ddp_processes_train_the_stage_and_export(previous, tmp_path):
+    from datamodules.shapes_av import write_shapes_av
+    from test_cli import ROOT
+    from test_ddp import _run
+
+    manifest = write_shapes_av(tmp_path / "av", {"train": 16, "val": 8, "test": 4}, steps=4, size=32)
+    out = tmp_path / "out"
+    _run(["fit", "--config", ROOT / "configs/demo/base.yaml", "--config", ROOT / "configs/demo/codebook.yaml",
+          "--model.init_args.previous", previous, "--model.init_args.steps", "4", "--model.init_args.hidden_dim", "32",
+          "--model.init_args.codebook", '{"codes": 16, "dim": 8}', "--data.init_args.manifest", manifest,
+          "--data.init_args.feature_cache", "null", "--data.init_args.num_workers", "0",
+          "--data.init_args.batch_size", "4", "--trainer.default_root_dir", out, "--trainer.max_epochs", "2",
+          "--trainer.accelerator", "cpu", "--trainer.devices", "2",
+          "--trainer.strategy", "ddp_find_unused_parameters_true", "--trainer.num_sanity_val_steps", "0"],
+         cwd=tmp_path, timeout=300)
+    model = CodebookModel.from_pretrained(out)
+    assert bool(model.codebook.initialized) and torch.isfinite(model.codebook.embedding).all()
