@@ -213,3 +213,42 @@ def test_two_ddp_processes_train_the_stage_and_export(previous, tmp_path):
          cwd=tmp_path, timeout=300)
     model = CodebookModel.from_pretrained(out)
     assert bool(model.codebook.initialized) and torch.isfinite(model.codebook.embedding).all()
+
+
+@pytest.mark.slow
+def test_the_fine_level_finds_the_synchrony_of_the_planted_media_set(tmp_path, monkeypatch):
+    """The shapes AV set's files through the demo's encoders (EfficientNet-Lite0 frames, Whisper): the
+    same-step prediction must pick the right step far more often for true pairs than for an item's
+    sound against another item's clip (which would score as well if the fine level read only where
+    in time each step is)."""
+    from datamodules.shapes_av import write_shapes_av
+    from oneencoder import EncoderConfig
+
+    monkeypatch.setenv("ONEENCODER_HOME", str(tmp_path / "home"))
+    manifest = write_shapes_av(tmp_path / "av", {"train": 160, "val": 16, "test": 48})
+    encoders = {
+        "audio": EncoderConfig(kind="audio", backend="whisper", pretrained="bundled:whisper-base",
+                               processor={"max_seconds": 2.0}),
+        "video": EncoderConfig(kind="video", backend="efficientnet", pretrained="bundled:efficientnet-lite0",
+                               processor={"num_frames": 8, "frame_stride": 1, "size": 64}),
+        "text": EncoderConfig(kind="text", pretrained="bundled:all-MiniLM-L6-v2", processor={"max_length": 16}),
+    }
+    torch.manual_seed(0)
+    OneEncoder(OneEncoderConfig(encoders=encoders, embed_dim=32, up_heads=2, up_ff_dim=64)).save_pretrained(tmp_path / "base")
+    stage = CodebookStage(str(tmp_path / "base"), steps=8, hidden_dim=128, codebook=CodebookConfig(codes=32, dim=32),
+                          weights=LossWeights(club=0.0, coarse=0.0, reconstruction=0.0), optimizer=_adam)
+    data = ManifestDataModule(str(manifest), MODALITIES, batch_size=32, num_workers=0,
+                              feature_cache=str(tmp_path / "cache"), encoders=stage.encoders)
+    data.build_feature_cache()
+    Trainer(max_epochs=15, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+            enable_model_summary=False, limit_val_batches=0).fit(stage, datamodule=data)
+    stage.eval()
+    true_pairs, mismatched = [], []
+    with torch.no_grad():
+        for batch in data.test_dataloader():
+            steps = stage._forward(batch)["generic"]
+            true_pairs.append(stage.cpc.step_accuracy(steps))
+            rolled = {"audio": steps["audio"], "video": steps["video"].roll(1, dims=0)}
+            mismatched.append(stage.cpc.step_accuracy(rolled))
+    true, control = float(torch.stack(true_pairs).mean()), float(torch.stack(mismatched).mean())
+    assert true > 0.4 and true > control + 0.15, (true, control)  # chance: 1 of 8 steps
