@@ -50,6 +50,8 @@ def _modality_features(model: CodebookModel, modality: str, manifest: str | list
                        num_workers: int) -> dict[str, SplitFeatures]:
     data = ManifestDataModule(manifest, (modality,), batch_size=batch_size, num_workers=num_workers,
                               feature_cache=feature_cache, cache_dtype=cache_dtype, encoders=model.base.encoders)
+    if feature_cache is not None:
+        data.build_feature_cache()  # a cache that serves these records already is left as it is
     data.setup("fit")
     unlabelled = [r.where() for split in SPLITS for r in data.splits[split] if not r.fields.get("label")]
     if unlabelled:
