@@ -204,6 +204,8 @@ class CodebookModel(nn.Module):
     @classmethod
     def from_pretrained(cls, folder: str | os.PathLike[str]) -> CodebookModel:
         folder = Path(folder)
+        if not folder.is_dir():
+            raise ModelFolderError(f"{folder} is not a folder: name the output folder of a codebook stage")
         config_path = folder / CONFIG_NAME
         try:
             payload = json.loads(config_path.read_text())

@@ -100,9 +100,11 @@ def test_an_exported_folder_round_trips_with_its_toc_choice(previous, tmp_path):
     assert not any(k.startswith(("decoders", "clubs", "cpc", "specific")) for k in loaded.state_dict())
 
 
-def test_a_oneencoder_folder_is_not_a_codebook_folder(previous):
+def test_a_oneencoder_folder_is_not_a_codebook_folder(previous, tmp_path):
     with pytest.raises(ModelFolderError, match="not a codebook model folder"):
         CodebookModel.from_pretrained(previous)
+    with pytest.raises(ModelFolderError, match="is not a folder"):
+        CodebookModel.from_pretrained(tmp_path / "missing")
 
 
 def test_quantize_reads_raw_items(previous, tmp_path):
