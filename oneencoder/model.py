@@ -10,6 +10,7 @@ config.json are relative to the folder, so it can be moved or copied to another 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import secrets
@@ -131,6 +132,18 @@ class OneEncoder(nn.Module):
     @property
     def modalities(self) -> list[str]:
         return list(self.encoders)
+
+    def fingerprint(self) -> str:
+        """Identity of what the model computes: its encoders' fingerprints and every trained weight.
+        Embeddings and indexes record it, so that vectors from two models are never compared (their
+        spaces differ even where shapes agree)."""
+        digest = hashlib.sha256()
+        for modality in sorted(self.encoders):
+            digest.update(f"{modality}={self.encoders[modality].fingerprint};".encode())
+        for name, tensor in sorted(self.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+        return f"oneencoder-{digest.hexdigest()[:16]}"
 
     def encode(self, modality: str, inputs: ModalityInputs) -> EncoderOutput:
         """Frozen token features, or the precomputed ones when the inputs carry them."""

@@ -2,7 +2,9 @@
 `oneencoder data ...` to build data sets, `oneencoder cache` to encode a stage's data once,
 `oneencoder pipeline` to chain stages, `oneencoder evaluate` for retrieval between all modalities,
 `oneencoder compare` to put finished pipelines' results side by side, `oneencoder generalize` for a
-codebook's cross-modal generalisation and `oneencoder toc` to choose and store TOC's dimensions.
+codebook's cross-modal generalisation, `oneencoder toc` to choose and store TOC's dimensions, and a
+trained model's use: `oneencoder embed` a collection, `oneencoder index` it, `oneencoder search` it from
+any modality, `oneencoder serve` a search page.
 
 A user's mistake (a path that is not there, a malformed manifest or config, a dataset not laid out as
 its converter expects, a stale feature cache) ends any command with one line on stderr,
@@ -397,9 +399,34 @@ def lightning_command(argv: Sequence[str] | None) -> None:
     )
 
 
+def embed_command(argv: Sequence[str]) -> None:
+    from .embed import embed_command as run
+
+    run(argv)
+
+
+def index_command(argv: Sequence[str]) -> None:
+    from .search import index_command as run
+
+    run(argv)
+
+
+def search_command(argv: Sequence[str]) -> None:
+    from .search import search_command as run
+
+    run(argv)
+
+
+def serve_command(argv: Sequence[str]) -> None:
+    from .serve import serve_command as run
+
+    run(argv)
+
+
 TOOL_COMMANDS = {"data": data_command, "cache": cache_command, "pipeline": pipeline_command,
                  "evaluate": evaluate_command, "compare": compare_command, "generalize": generalize_command,
-                 "toc": toc_command}
+                 "toc": toc_command, "embed": embed_command, "index": index_command, "search": search_command,
+                 "serve": serve_command}
 
 
 def main(argv: Sequence[str] | None = None) -> None:
