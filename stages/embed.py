@@ -467,7 +467,7 @@ def embed_parser() -> ArgumentParser:
     parser.add_argument("--max_image_pixels", type=Optional[int], default=DEFAULT_MAX_PIXELS,
                         help="larger images are skipped as bad (decompression bombs); null: no limit")
     parser.add_argument("--device", type=Optional[str], default=None, help="default: cuda when present, else cpu")
-    parser.add_argument("--overwrite", type=bool, default=False,
+    parser.add_argument("--overwrite", action="store_true",
                         help="delete the embeddings OUT holds (another model's or source's) and start again")
     return parser
 
