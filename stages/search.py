@@ -37,7 +37,8 @@ def index_command(argv: Sequence[str]) -> None:
     path = build_index(args.embeddings, args.index, args.approximate_above, args.kind, args.modality)
     info = json.loads(path.read_text(encoding="utf-8"))
     for modality, described in info["modalities"].items():
-        print(f"{modality}: {described['items']} items, {described['kind']} {described['params'] or ''}".rstrip())
+        params = ", ".join(f"{name} {value}" for name, value in described["params"].items())
+        print(f"{modality}: {described['items']} items, {described['kind']}" + (f" ({params})" if params else ""))
     print(f"wrote {path}")
 
 
