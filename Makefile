@@ -5,11 +5,13 @@ CLI := $(VENV)/bin/oneencoder
 TORCH := torch==2.14.1 torchaudio==2.11.0 torchcodec==0.17.0
 SHAPES := data/shapes/manifest.jsonl
 OPENMOJI := data/openmoji/manifest.jsonl
-SYSTEM_TOOLS := rsvg-convert espeak-ng  # Debian: librsvg2-bin espeak-ng (the demo data's rasteriser and voice)
+# Debian: librsvg2-bin espeak-ng (the demo data's rasteriser and voice), chromium (the search page's browser test)
+SYSTEM_TOOLS := rsvg-convert espeak-ng chromium
+SYSTEM_PACKAGES := librsvg2-bin espeak-ng chromium
 
 .DEFAULT_GOAL := help
 .PHONY: help install system-tools up align-audio align-video pipeline demo demo-moe demo-moe-ablations paper-image-text paper-audio-text \
-	paper-video-text paper paper-codebook demo-codebook test test-slow test-full bench faults clean
+	paper-video-text paper paper-codebook demo-codebook demo-search serve test test-slow test-full bench bench-search faults clean
 
 help:  ## list targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  %-17s %s\n", $$1, $$2}'
@@ -25,14 +27,14 @@ $(VENV)/.installed: pyproject.toml constraints/ci.txt
 
 install: $(VENV)/.installed system-tools  ## create .venv with pinned dependencies (about 3 minutes)
 
-system-tools:  ## rsvg-convert and espeak-ng, from Debian's packages, for the demo data
+system-tools:  ## rsvg-convert, espeak-ng (the demo data) and chromium (the search page's test), from Debian's packages
 	@missing=""; for tool in $(SYSTEM_TOOLS); do command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
 	if [ -n "$$missing" ]; then \
-		echo "installing librsvg2-bin espeak-ng (missing:$$missing)"; \
+		echo "installing $(SYSTEM_PACKAGES) (missing:$$missing)"; \
 		if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \
-		$$SUDO apt-get install -y -qq librsvg2-bin espeak-ng >/dev/null || \
-		{ $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq librsvg2-bin espeak-ng >/dev/null; } || \
-		{ echo "could not install them: run 'apt-get install librsvg2-bin espeak-ng' as root"; exit 1; }; \
+		$$SUDO apt-get install -y -qq $(SYSTEM_PACKAGES) >/dev/null || \
+		{ $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq $(SYSTEM_PACKAGES) >/dev/null; } || \
+		{ echo "could not install them: run 'apt-get install $(SYSTEM_PACKAGES)' as root"; exit 1; }; \
 	fi
 
 $(SHAPES): | $(VENV)/.installed
@@ -88,6 +90,24 @@ demo-codebook: demo $(AV_EVENTS)  ## the codebook stage on the demo's caches: sh
 	$(CLI) generalize $(CODEBOOK)_vq/codebook $(CODEBOOK)_fcid/codebook $(CODEBOOK)_fcid/codebook $(CODEBOOK)_aligned/codebook \
 		--labels "shared VQ" "+ FCID" "+ FCID + TOC" "+ FCID, aligned inputs" --toc off off on off \
 		$(GENERALIZE) --output outputs/codebook/generalization
+
+DEMO_MODEL := outputs/pipeline/demo/align-video
+SEARCH := outputs/search/openmoji
+# Every modality's features are already in the demo's caches: embedding them only runs the projection.
+DEMO_CACHES := '{"image": "data/openmoji/features/up", "text": "data/openmoji/features/up", \
+	"audio": "data/openmoji/features/align-audio", "video": "data/openmoji/features/align-video"}'
+SEARCH_QUERY_TEXT ?= a red apple
+SEARCH_QUERY_SPOKEN ?= a smiling cat
+
+demo-search: demo  ## embed + index the whole OpenMoji collection with the demo's model, search it by text and by a spoken clip
+	$(CLI) embed $(DEMO_MODEL) $(OPENMOJI) $(SEARCH)/embeddings --feature_cache $(DEMO_CACHES)
+	$(CLI) index $(SEARCH)/embeddings $(SEARCH)/index
+	$(CLI) search $(SEARCH)/index --text "$(SEARCH_QUERY_TEXT)" --k 5
+	espeak-ng -w $(SEARCH)/spoken-query.wav "$(SEARCH_QUERY_SPOKEN)"
+	$(CLI) search $(SEARCH)/index --audio $(SEARCH)/spoken-query.wav --k 5
+
+serve: install  ## the search page on http://127.0.0.1:8000 for the demo's index (after `make demo-search`)
+	$(CLI) serve $(DEMO_MODEL) $(SEARCH)/index
 
 # OneEncoder's own experiments on the public datasets, for a GPU machine (docs/reproduce.md): each raw
 # dataset, in its own layout under $(DATASETS), is converted once into a manifest under data/paper/.
@@ -147,6 +167,10 @@ test-full: install  ## every test, slow ones (DDP launches, full stage runs) inc
 
 bench: install  ## feature cache vs online encoding, ViT-base + BERT-base sized (about 30 min on 2 cores)
 	$(PY) -m benchmarks.cache_speed
+
+bench-search: install  ## exact vs approximate faiss indexes at 10k, 100k, 1M vectors; evaluation memory at 100k x 100k
+	$(PY) -m benchmarks.search_speed
+	$(PY) -m benchmarks.eval_memory
 
 faults: install  ## fault suite: kills at random moments, every kind of broken input, concurrent cache builds (about 15 min)
 	TQDM_DISABLE=1 $(PY) -m benchmarks.faults  # hundreds of tiny cache builds: their progress bars are noise
