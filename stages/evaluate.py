@@ -2,21 +2,22 @@
 the chance level beside each figure: pairs never trained together included (transitive alignment).
 Records with a `label` are also classified zero-shot, OneEncoder's CIFAR-10 protocol: each class name
 in prompt templates, embedded as text, averaged over the templates, nearest class wins. For a mixture
-of projection experts, each modality's mean router weight per expert is reported beside them."""
+of projection experts, each modality's mean router weight per expert is reported beside them. The maths
+(rankings in bounded memory, chance levels, prototypes, accuracy@k) is library code in
+oneencoder/retrieval.py and oneencoder/zero_shot.py: this module reads records, embeds them and
+assembles the tables."""
 
 from __future__ import annotations
 
 import itertools
 import json
 import os
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 from torch import Tensor
-from torch.nn.functional import normalize
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -26,7 +27,15 @@ from oneencoder import OneEncoder
 from oneencoder.model import read_config
 from oneencoder.files import atomic_write_text
 from oneencoder.readers import DEFAULT_MAX_PIXELS, build_reader
-from oneencoder.retrieval import chance_levels, check_finite, first_relevant_ranks, recall_at_k
+from oneencoder.retrieval import chance_levels, check_finite, first_relevant_ranks, recall_at_k, relevant_counts
+from oneencoder.zero_shot import (
+    accuracy_at_k,
+    accuracy_ks,
+    chance_accuracy,
+    class_prompts,
+    class_prototypes,
+    majority_share,
+)
 
 from .markdown import routing_table, table
 
@@ -201,22 +210,15 @@ def pair_result(query: str, gallery: str, a: Embedded, b: Embedded, ks: Sequence
     shared = torch.tensor(sorted(set(a.owners.tolist()) & set(b.owners.tolist())))
     keep_a, keep_b = torch.isin(a.owners, shared), torch.isin(b.owners, shared)
     owners_a, owners_b = a.owners[keep_a], b.owners[keep_b]
-    similarity = a.embeddings[keep_a] @ b.embeddings[keep_b].T
-    relevant = owners_a[:, None] == owners_b[None, :]
-    metrics = recall_at_k(first_relevant_ranks(similarity, relevant), ks)
-    return PairResult(query, gallery, metrics, chance_levels(relevant.sum(1).tolist(), len(owners_b), ks),
-                      len(owners_a), len(owners_b))
+    ranks = first_relevant_ranks(a.embeddings[keep_a], owners_a, b.embeddings[keep_b], owners_b)
+    chance = chance_levels(relevant_counts(owners_a, owners_b).tolist(), len(owners_b), ks)
+    return PairResult(query, gallery, recall_at_k(ranks, ks), chance, len(owners_a), len(owners_b))
 
 
 def class_embeddings(model: OneEncoder, classes: Sequence[str], templates: Sequence[str], batch_size: int = 64) -> Tensor:
-    """(classes, d): each class name in every template, embedded as text, averaged, re-normalised.
-    Every `{}` of a template takes the name (OneEncoder's CIFAR-10 prompt has it twice)."""
-    for template in templates:
-        if "{}" not in template:
-            raise ValueError(f"a prompt template needs a {{}} where the class name goes (got {template!r})")
-    prompts = [template.replace("{}", name) for name in classes for template in templates]
-    embeddings = model.embed("text", prompts, batch_size=batch_size).float()
-    return normalize(embeddings.reshape(len(classes), len(templates), -1).mean(1), dim=-1)
+    """(classes, d): each class's prompts embedded as text, averaged into its prototype."""
+    prompts = class_prompts(classes, templates)
+    return class_prototypes(model.embed("text", prompts, batch_size=batch_size), len(classes))
 
 
 def zero_shot_result(modality: str, embedded: Embedded, labels: Sequence[str | None], classes: Sequence[str],
@@ -227,12 +229,10 @@ def zero_shot_result(modality: str, embedded: Embedded, labels: Sequence[str | N
         return None
     index = {name: i for i, name in enumerate(classes)}
     targets = torch.tensor([index[labels[owner]] for owner in embedded.owners[rows].tolist()])
-    ranking = (embedded.embeddings[rows] @ prototypes.T).argsort(dim=1, descending=True)
-    ks = [k for k in (1, 5) if k < len(classes)] or [1]
-    metrics = {f"acc@{k}": (ranking[:, :k] == targets[:, None]).any(1).float().mean().item() for k in ks}
-    chance = {f"acc@{k}": k / len(classes) for k in ks}
-    majority = Counter(targets.tolist()).most_common(1)[0][1] / len(targets)
-    return ZeroShotResult(modality, metrics, chance, majority, len(targets), len(classes), templates)
+    ks = accuracy_ks(len(classes))
+    return ZeroShotResult(modality, accuracy_at_k(embedded.embeddings[rows], targets, prototypes, ks),
+                          chance_accuracy(ks, len(classes)), majority_share(targets), len(targets), len(classes),
+                          templates)
 
 
 def _classes(records: Sequence[Record], classes: Sequence[str] | None, manifest: str) -> list[str]:

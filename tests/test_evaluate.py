@@ -1,22 +1,28 @@
 """Retrieval between all modality pairs, the chance levels printed beside it, and zero-shot
 classification of labelled records."""
 
+import itertools
 import json
+from collections import Counter
 
 import pytest
 import torch
 from conftest import tiny_model_config
 from torch.nn.functional import normalize
 
+import oneencoder.retrieval
 from oneencoder import OneEncoder
 from oneencoder.config import ProjectionConfig
-from oneencoder.retrieval import NonFiniteEmbeddingError
+from oneencoder.retrieval import NonFiniteEmbeddingError, chance_levels, recall_at_k
+from oneencoder.zero_shot import accuracy_at_k
 from stages.evaluate import (
     Embedded,
     Evaluation,
     class_embeddings,
+    embed_records,
     evaluate,
     pair_result,
+    split_records,
     zero_shot_result,
 )
 
@@ -38,6 +44,62 @@ def test_pairs_use_only_records_both_modalities_have():
     video = Embedded(embeddings[2:], torch.tensor([2, 3, 4, 5]))
     result = pair_result("audio", "video", audio, video, (1,))
     assert (result.queries, result.gallery_size, result.metrics["R@1"]) == (2, 2, 1.0)
+
+
+def reference_pair(a: Embedded, b: Embedded, ks):
+    """Retrieval metrics and chance as computed before chunking: the whole similarity matrix and mask."""
+    shared = torch.tensor(sorted(set(a.owners.tolist()) & set(b.owners.tolist())))
+    keep_a, keep_b = torch.isin(a.owners, shared), torch.isin(b.owners, shared)
+    similarity = a.embeddings[keep_a] @ b.embeddings[keep_b].T
+    relevant = a.owners[keep_a][:, None] == b.owners[keep_b][None, :]
+    best_relevant = similarity.masked_fill(~relevant, float("-inf")).max(dim=1, keepdim=True).values
+    ranks = ((similarity >= best_relevant) & ~relevant).sum(dim=1)
+    return recall_at_k(ranks, ks), chance_levels(relevant.sum(1).tolist(), int(keep_b.sum()), ks)
+
+
+def reference_zero_shot(embeddings, targets, prototypes, ks):
+    """Accuracy@k and majority share as computed before: one argsort of every item's class scores."""
+    ranking = (embeddings @ prototypes.T).argsort(dim=1, descending=True)
+    metrics = {f"acc@{k}": (ranking[:, :k] == targets[:, None]).any(1).float().mean().item() for k in ks}
+    return metrics, Counter(targets.tolist()).most_common(1)[0][1] / len(targets)
+
+
+@pytest.mark.parametrize("chunk", [None, 3])  # as the default budget has it (all at once), or 3 queries at a time
+def test_evaluation_equals_the_full_matrix_computation(tiny_model, labelled_manifest, monkeypatch, chunk):
+    if chunk:  # a budget for 3 image queries at a time against the 288 captions of the shared records
+        monkeypatch.setattr(oneencoder.retrieval, "MEMORY_BUDGET", oneencoder.retrieval.BYTES_PER_CELL * chunk * 288)
+    ks = (1, 5, 10)
+    evaluation = evaluate(tiny_model, str(labelled_manifest), ks=ks, templates=["{}", "a {} shape"])
+    records = split_records(str(labelled_manifest), "test")
+    embedded = {}
+    for m in ("image", "text"):
+        positions = torch.tensor([i for i, r in enumerate(records) if m in r.fields])
+        rows = embed_records(tiny_model, [records[i] for i in positions], m)
+        embedded[m] = Embedded(rows.embeddings, positions[rows.owners])
+    assert len(evaluation.results) == 2
+    for result, (a, b) in zip(evaluation.results, itertools.permutations(("image", "text"))):
+        assert (result.query, result.gallery) == (a, b)
+        assert (result.metrics, result.chance) == reference_pair(embedded[a], embedded[b], ks)  # exact floats
+    (zero_shot,) = evaluation.zero_shot
+    classes = sorted({r.fields["label"] for r in records if "label" in r.fields})
+    prototypes = class_embeddings(tiny_model, classes, ["{}", "a {} shape"])
+    labelled = [i for i, owner in enumerate(embedded["image"].owners.tolist()) if "label" in records[owner].fields]
+    owners = embedded["image"].owners[labelled].tolist()
+    targets = torch.tensor([classes.index(records[owner].fields["label"]) for owner in owners])
+    ks = [k for k in (1, 5) if k < len(classes)] or [1]
+    metrics, majority = reference_zero_shot(embedded["image"].embeddings[labelled], targets, prototypes, ks)
+    assert (zero_shot.metrics, zero_shot.majority) == (metrics, majority)
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 1000, None])
+def test_zero_shot_accuracy_in_chunks_equals_one_argsort(chunk):
+    generator = torch.Generator().manual_seed(0)
+    prototypes = normalize(torch.randn(12, 8, generator=generator), dim=-1)
+    targets = torch.randint(0, 12, (100,), generator=generator)
+    items = normalize(prototypes[targets] + torch.randn(100, 8, generator=generator), dim=-1)
+    expected, _ = reference_zero_shot(items, targets, prototypes, (1, 5))
+    assert 0 < expected["acc@1"] < expected["acc@5"] < 1
+    assert accuracy_at_k(items, targets, prototypes, (1, 5), chunk) == expected
 
 
 def test_table_marks_pairs_never_trained_together():
