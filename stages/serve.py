@@ -35,6 +35,7 @@ from oneencoder.index import Hit, SearchIndex, search_model
 from oneencoder.model import OneEncoder
 from oneencoder.readers import MediaError
 
+from .embed import EXTENSIONS as FOLDER_EXTENSIONS
 from .playable import needs_transcoding, webm
 
 STATIC = Path(__file__).with_name("static")
@@ -42,11 +43,11 @@ DEFAULT_MAX_UPLOAD_BYTES = 64 * 2**20  # a minute of 1080p video, an hour of mp3
 MAX_TEXT_CHARS = 1000  # text encoders read a few hundred tokens at most; more is a pasted document
 MAX_K = 100
 DEFAULT_K = 8
-# What an upload's extension says it is. The reader still has to decode it: a renamed file is a 422.
+# What an upload's extension says it is: the same suffixes `oneencoder embed` sorts a folder by. The
+# reader still has to decode the file: a renamed one is a 422.
 EXTENSIONS: dict[str, tuple[str, ...]] = {
-    "image": (".png", ".jpg", ".jpeg", ".gif", ".webp", ".bmp", ".tif", ".tiff"),
-    "audio": (".wav", ".flac", ".mp3", ".ogg", ".oga", ".opus", ".aiff", ".aif"),
-    "video": (".mp4", ".m4v", ".webm", ".mov", ".mkv", ".avi"),
+    modality: tuple(suffix for suffix, its in FOLDER_EXTENSIONS.items() if its == modality)
+    for modality in ("image", "audio", "video")
 }
 MEDIA_HEADERS = {"X-Content-Type-Options": "nosniff", "Cache-Control": "max-age=3600"}
 ROW = re.compile(r"[0-9]{1,12}")  # ASCII digits only: str.isdigit() also takes "²"
