@@ -7,22 +7,25 @@ Folder layout (written by `build_index`, read by `SearchIndex.load`):
   <modality>.jsonl  the embeddings' rows ({"id", "modality", "source", ...}) in the same order.
 index.json is written last and removed first, so a folder with one is complete.
 
-Exact or approximate. Up to `DEFAULT_APPROXIMATE_ABOVE` vectors a modality gets an exact inner-product
-index (IndexFlatIP: every score is the cosine, recall is 1); above it, HNSW. Measured with
-`python -m benchmarks.search_speed` (benchmarks/results/search.json, 256-d unit vectors, 2 cores), one
-query at a time as `oneencoder search` and the search page ask:
-  - exact search costs a scan of the whole collection: ~0.3 ms per 1000 vectors (3 ms at 10k, 30 ms
-    at 100k, 300 ms at 1M). Below 50k vectors it stays under ~15 ms, less than embedding the query
-    itself, with no build time and no loss: approximate search buys nothing a person would notice.
-  - HNSW (M=32, efConstruction=40, efSearch=128) answers in about 1 ms at 100k and 1M. On vectors with
-    structure, like a model's embeddings (the benchmark's `structured` set: a 32-d latent spread into
-    256-d plus noise), its recall@10 against exact search is 0.99 at 100k; on uniformly random unit
-    vectors, the worst case for any approximate index (all neighbours nearly equidistant), it is far
-    lower, and the benchmark says by how much.
-  - HNSW beats IVF-Flat at the same recall on both sets (IVF needs to probe ~20% of its lists to
-    reach HNSW's recall at efSearch 128), needs no training pass, and costs 256 bytes per vector of
-    graph links on top of the 1 KiB vector. IVF (`kind="ivf"`) builds several times faster, so it
-    remains the choice for collections rebuilt often.
+Exact or approximate. Up to `DEFAULT_APPROXIMATE_ABOVE` (50k) vectors a modality gets an exact
+inner-product index (IndexFlatIP: every score is the true cosine, recall 1, nothing to build); above it,
+HNSW. Measured by `python -m benchmarks.search_speed` (benchmarks/results/search.json: 256-d unit
+vectors, 2 cores shared with other jobs), one query at a time as `oneencoder search` and the search
+page ask:
+  - an exact query scans the whole collection: 0.4 ms at 10k, 0.8 ms at 20k, 7 ms at 50k, then 10-30
+    ms at 100k, 70 ms at 200k and 180 ms at 1M, as the vectors outgrow the CPU's caches. Up to 50k it
+    costs less than embedding the query itself (the demo's encoders, measured once on the same
+    machine: 16 ms for a text, 24 ms for an image), so an approximate index would save nothing a
+    person notices, while it costs a build (HNSW: 20-50 s per 100k vectors) and some recall.
+  - HNSW (M=32, efConstruction=40, efSearch=128) answers in 0.2-1.5 ms from 10k to 1M. On vectors with
+    structure, as a model's embeddings have (the benchmark's `structured` set: a 32-d latent spread
+    into 256-d, plus noise), its recall@10 against exact search is 0.999 at 10k and 0.993 at 100k.
+    On uniformly random unit vectors, the worst case for any approximate index (every neighbour
+    nearly as far as any other), it falls to 0.86, 0.31 and 0.06 at 10k, 100k and 1M.
+  - IVF-Flat (`kind="ivf"`: nlist 4 sqrt(n), probing a fifth of the lists) reaches 0.98 on the
+    structured 100k at 2.5 times HNSW's time per query (1.6 against 0.65 ms), and at 1M takes 19 ms a
+    query. It builds 2.5 to 12 times faster (76 s against 915 s at 1M) and adds no graph (HNSW adds
+    256 bytes per vector to the 1 KiB vector): the choice for large collections rebuilt often.
 Scores are inner products of L2-normalised embeddings, that is cosines: higher is closer.
 """
 
@@ -49,9 +52,9 @@ DEFAULT_APPROXIMATE_ABOVE = 50_000
 KINDS = ("hnsw", "ivf")
 HNSW_M = 32  # graph links per vector (twice as many on the bottom layer)
 HNSW_EF_CONSTRUCTION = 40
-HNSW_EF_SEARCH = 128  # candidates kept per query: 0.99 recall@10 on structured 256-d vectors at 100k
+HNSW_EF_SEARCH = 128  # candidates kept per query: 0.993 recall@10 on structured 256-d vectors at 100k
 IVF_LISTS_PER_SQRT = 4  # nlist = 4 sqrt(n), the usual rule
-IVF_PROBE_FRACTION = 0.2  # lists visited per query: ~0.98 recall@10 on structured 256-d vectors at 100k
+IVF_PROBE_FRACTION = 0.2  # lists visited per query: 0.98 recall@10 on structured 256-d vectors at 100k
 IVF_MIN_PER_LIST = 39  # faiss's k-means wants at least 39 training points per centroid
 IVF_TRAIN_PER_LIST = 64  # training sample: enough for k-means, a fraction of a large collection
 REINDEX_HINT = "run `oneencoder index EMBEDDINGS {folder}` again"
