@@ -35,6 +35,7 @@ import json
 import math
 import os
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -70,13 +71,16 @@ class IndexModelMismatchError(ValueError):
 
 @dataclass
 class Hit:
-    """One search result: the indexed item at `row` of `modality`'s rows, with its cosine score."""
+    """One search result: the indexed item at `row` of `modality`'s rows, with its cosine score;
+    `caption`, for an image, sound or clip, the first indexed caption of its record (a file name or
+    an emoji's code says little to a person), else None."""
 
     score: float
     id: str
     modality: str
     source: str
     row: int
+    caption: str | None = None
 
 
 # --- building ----------------------------------------------------------------------------------------
@@ -226,9 +230,21 @@ class SearchIndex:
         matrix = np.ascontiguousarray(queries.detach().cpu().float().numpy())
         scores, ids = self.indexes[modality].search(matrix, k)
         rows = self.rows[modality]
-        return [[Hit(float(score), rows[i]["id"], modality, rows[i]["source"], int(i))
+        return [[Hit(float(score), rows[i]["id"], modality, rows[i]["source"], int(i), self._caption(modality, rows[i]))
                  for score, i in zip(query_scores, query_ids) if i >= 0]  # -1: fewer than k items
                 for query_scores, query_ids in zip(scores, ids)]
+
+    def _caption(self, modality: str, row: dict[str, Any]) -> str | None:
+        return None if modality == "text" else self._first_captions.get(row.get("record"))
+
+    @cached_property
+    def _first_captions(self) -> dict[str, str]:
+        """{record id: its first indexed caption}; empty when no text is indexed or rows name no record."""
+        captions: dict[str, str] = {}
+        for row in self.rows.get("text", []):
+            if row.get("record") is not None:
+                captions.setdefault(row["record"], row["source"])
+        return captions
 
     def row(self, modality: str, row: int) -> dict[str, Any]:
         """The stored row of an indexed item (its id, source, record ...)."""

@@ -88,18 +88,20 @@ def search_command(argv: Sequence[str]) -> None:
 
 def results_json(modality: str, item: str, fingerprint: str, results: dict[str, list[Any]]) -> dict[str, Any]:
     """{"query": {"modality", "item"}, "model_fingerprint",
-    "results": {modality: [{"rank", "score", "id", "source", "row"}]}}."""
+    "results": {modality: [{"rank", "score", "id", "source", "row", "caption"}]}}; "caption" only
+    for a media hit whose record has an indexed caption."""
     return {
         "query": {"modality": modality, "item": item},
         "model_fingerprint": fingerprint,
-        "results": {target: [{"rank": rank, "score": hit.score, "id": hit.id, "source": hit.source, "row": hit.row}
+        "results": {target: [{"rank": rank, "score": hit.score, "id": hit.id, "source": hit.source, "row": hit.row,
+                              **({"caption": hit.caption} if hit.caption else {})}
                              for rank, hit in enumerate(hits, 1)]
                     for target, hits in results.items()},
     }
 
 
 def results_text(modality: str, item: str, results: dict[str, list[Any]], described: dict[str, Any]) -> str:
-    """One block per searched modality: rank, score, id and source of each hit."""
+    """One block per searched modality: rank, score, id, source and (media) caption of each hit."""
     lines = [f"query: {modality} {item!r}" if modality == "text" else f"query: {modality} {item}"]
     for target, hits in results.items():
         summary = described[target]
@@ -107,5 +109,7 @@ def results_text(modality: str, item: str, results: dict[str, list[Any]], descri
         if not hits:
             lines.append("  no items")
         width = max((len(hit.id) for hit in hits), default=2)
-        lines += [f"  {rank:>3}  {hit.score:7.4f}  {hit.id:<{width}}  {hit.source}" for rank, hit in enumerate(hits, 1)]
+        for rank, hit in enumerate(hits, 1):
+            caption = f"  ({hit.caption})" if hit.caption else ""
+            lines.append(f"  {rank:>3}  {hit.score:7.4f}  {hit.id:<{width}}  {hit.source}{caption}")
     return "\n".join(lines)

@@ -185,7 +185,6 @@ class Searcher:
         self.indexed = indexed  # {modality: rows}
         self.lock = threading.Lock()
         self.query_modalities = list(model.modalities)
-        self.captions = _first_captions(index, indexed.get("text", 0))
 
     def check_query_modality(self, modality: str) -> None:
         if modality not in self.query_modalities:
@@ -238,9 +237,8 @@ class Searcher:
             return shown
         url = f"/media/{hit.modality}/{hit.row}"
         shown.update(url=url, play_url=f"{url}/play", name=Path(hit.source).name)
-        caption = self.captions.get(self.index.row(hit.modality, hit.row).get("record"))
-        if caption:
-            shown["caption"] = caption
+        if hit.caption:
+            shown["caption"] = hit.caption
         return shown
 
     def media_path(self, modality: str, row: str) -> Path:
@@ -254,16 +252,6 @@ class Searcher:
             raise HTTPException(404, f"row {number} of {modality} was indexed from a file that is gone; "
                                      f"embed and index the collection again")
         return path
-
-
-def _first_captions(index: SearchIndex, texts: int) -> dict[str, str]:
-    """{record id: its first of the `texts` indexed captions}: the words shown under an image, sound or
-    clip of the same record (a file name or an emoji's code says little to a person)."""
-    captions: dict[str, str] = {}
-    for row in range(texts):
-        stored = index.row("text", row)
-        captions.setdefault(stored.get("record"), stored["source"])
-    return captions
 
 
 def _row_counts(index_folder: str | Path) -> dict[str, int]:
