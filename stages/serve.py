@@ -18,7 +18,6 @@ Every refusal is JSON `{"detail": "<what is wrong and what to do>"}`, which the 
 
 from __future__ import annotations
 
-import json
 import re
 import tempfile
 import threading
@@ -105,7 +104,7 @@ def create_app(model_folder: str | Path, index_folder: str | Path,
     index = SearchIndex.load(index_folder)
     model = OneEncoder.from_pretrained(model_folder).eval()
     index.check_model(model.fingerprint())
-    searcher = Searcher(index, model, _row_counts(index_folder))
+    searcher = Searcher(index, model)
 
     app = FastAPI(title="oneencoder search", docs_url=None, redoc_url=None, openapi_url=None)
     app.add_middleware(UploadLimit, limit=max_upload_bytes)
@@ -179,10 +178,11 @@ class Searcher:
     One query at a time reaches the model: its encoders are not documented as thread-safe, and on a
     CPU one query already uses every core."""
 
-    def __init__(self, index: SearchIndex, model: OneEncoder, indexed: dict[str, int]) -> None:
+    def __init__(self, index: SearchIndex, model: OneEncoder) -> None:
         self.index = index
         self.model = model
-        self.indexed = indexed  # {modality: rows}
+        # {modality: rows}: what the page reports, and the bound a /media row must stay under.
+        self.indexed = {modality: len(rows) for modality, rows in index.rows.items()}
         self.lock = threading.Lock()
         self.query_modalities = list(model.modalities)
 
@@ -252,13 +252,6 @@ class Searcher:
             raise HTTPException(404, f"row {number} of {modality} was indexed from a file that is gone; "
                                      f"embed and index the collection again")
         return path
-
-
-def _row_counts(index_folder: str | Path) -> dict[str, int]:
-    """{modality: rows} from index.json (SearchIndex.load has read and checked it): the bound a
-    /media row must stay under."""
-    meta = json.loads((Path(index_folder) / "index.json").read_text())
-    return {modality: int(entry["items"]) for modality, entry in meta["modalities"].items()}
 
 
 def _k(value: Any) -> int:
