@@ -43,3 +43,12 @@ def test_torch_is_new_enough_for_safe_checkpoint_loading():
     bounds = {re.split(r"[<>=;\[ ]", spec)[0]: spec for spec in _project()["dependencies"]}
     assert _lower_bound(bounds["torch"]) >= (2, 6)
     assert _lower_bound(bounds["torchaudio"]) >= (2, 6)  # released together with torch
+
+
+def test_every_file_the_search_page_serves_is_declared_package_data():
+    # An editable install reads stages/static/ from the checkout; a wheel has only what is declared.
+    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["stages"]
+    served = [path.relative_to(ROOT / "stages") for path in (ROOT / "stages" / "static").rglob("*") if path.is_file()]
+    assert served, "stages/static/ holds the search page"
+    undeclared = [str(path) for path in served if not any(path.match(pattern) for pattern in declared)]
+    assert not undeclared, f"add these to [tool.setuptools.package-data] stages: {undeclared}"
