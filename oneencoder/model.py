@@ -136,7 +136,9 @@ class OneEncoder(nn.Module):
     def fingerprint(self) -> str:
         """Identity of what the model computes: its encoders' fingerprints and every trained weight.
         Embeddings and indexes record it, so that vectors from two models are never compared (their
-        spaces differ even where shapes agree)."""
+        spaces differ even where shapes agree). A model built from configs in memory and the same model
+        saved and loaded differ: an encoder built from a config is identified by that config, its saved
+        copy by its files. `embed`, `search` and `serve` all load models from folders."""
         digest = hashlib.sha256()
         for modality in sorted(self.encoders):
             digest.update(f"{modality}={self.encoders[modality].fingerprint};".encode())
