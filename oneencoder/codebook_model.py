@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from .codebook import CodebookConfig, SharedCodebook, toc_dimensions
 from .config import from_fields
 from .files import atomic_write_text, atomic_write_with
+from .formats import read_format_header
 from .model import CONFIG_NAME, WEIGHTS_NAME, ModelFolderError, OneEncoder
 
 FORMAT = "oneencoder-codebook"
@@ -207,19 +208,11 @@ class CodebookModel(nn.Module):
         if not folder.is_dir():
             raise ModelFolderError(f"{folder} is not a folder: name the output folder of a codebook stage")
         config_path = folder / CONFIG_NAME
-        try:
-            payload = json.loads(config_path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise ModelFolderError(f"{config_path} cannot be read ({error}); export the codebook stage again") from None
-        if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-            found = payload.get("format") if isinstance(payload, dict) else None
-            raise ModelFolderError(
-                f"{folder} is not a codebook model folder (its config.json says format {found!r}, not {FORMAT!r});"
-                " name the output folder of a codebook stage"
-            )
-        if payload.get("format_version", 0) > FORMAT_VERSION:
-            raise ModelFolderError(f"{config_path} is format version {payload['format_version']}, newer than this"
-                                   f" oneencoder reads ({FORMAT_VERSION}); upgrade oneencoder")
+        if not config_path.is_file():
+            raise ModelFolderError(f"{config_path} is missing: name the output folder of a codebook stage, or export"
+                                   " the codebook stage again")
+        payload = read_format_header(config_path, FORMAT, FORMAT_VERSION, ModelFolderError,
+                                     "a codebook model folder's config", "name the output folder of a codebook stage")
         model = cls(OneEncoder.from_pretrained(folder / BASE_FOLDER), CodebookModelConfig.from_dict(payload["model"]))
         weights_path = folder / WEIGHTS_NAME
         try:

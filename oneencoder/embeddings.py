@@ -44,6 +44,7 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from .files import atomic_write_text, atomic_write_with
+from .formats import read_format_header
 
 FORMAT = "oneencoder-embeddings"
 FORMAT_VERSION = 1
@@ -131,18 +132,8 @@ def read_header(folder: str | os.PathLike[str]) -> dict[str, Any]:
     path = Path(folder) / HEADER_NAME
     if not path.is_file():
         raise EmbeddingsFolderError(f"{path} not found: {folder} is not an embeddings folder; {EMBED_HINT}")
-    try:
-        header = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise EmbeddingsFolderError(f"{path} is not valid JSON ({error}); {EMBED_HINT}") from None
-    if not isinstance(header, dict) or header.get("format") != FORMAT:
-        found = header.get("format") if isinstance(header, dict) else type(header).__name__
-        raise EmbeddingsFolderError(f"{path} is not an embeddings header (format {found!r}, expected {FORMAT!r})")
-    if header.get("format_version", 0) > FORMAT_VERSION:
-        raise EmbeddingsFolderError(
-            f"{path} has format_version {header['format_version']}; this oneencoder reads up to {FORMAT_VERSION}:"
-            " upgrade oneencoder"
-        )
+    header = read_format_header(path, FORMAT, FORMAT_VERSION, EmbeddingsFolderError, "an embeddings header",
+                                EMBED_HINT)
     return header
 
 

@@ -44,6 +44,7 @@ import numpy as np
 from torch import Tensor
 
 from .files import atomic_write_text, atomic_write_with
+from .formats import read_format_header
 from .readers import MediaError
 
 FORMAT = "oneencoder-index"
@@ -262,18 +263,7 @@ def _read_info(folder: Path) -> dict[str, Any]:
         raise FileNotFoundError(f"index folder {folder} does not exist; build one with `oneencoder index`")
     if not path.is_file():
         raise IndexFolderError(f"{folder} has no {INDEX_NAME}: not an index folder, or its build stopped; {hint}")
-    try:
-        info = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise IndexFolderError(f"{path} is not valid JSON ({error}); {hint}") from None
-    if not isinstance(info, dict) or info.get("format") != FORMAT:
-        found = info.get("format") if isinstance(info, dict) else type(info).__name__
-        raise IndexFolderError(f"{path} is not a oneencoder index (format {found!r}, expected {FORMAT!r})")
-    if info.get("format_version", 0) > FORMAT_VERSION:
-        raise IndexFolderError(
-            f"{path} has format_version {info['format_version']}; this oneencoder reads up to {FORMAT_VERSION}:"
-            " upgrade oneencoder"
-        )
+    info = read_format_header(path, FORMAT, FORMAT_VERSION, IndexFolderError, "a oneencoder index", hint)
     return info
 
 

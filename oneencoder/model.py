@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from .config import EncoderConfig, HeadConfig, OneEncoderConfig, ProjectionConfig
 from .encoders import EncoderOutput, FrozenEncoder, build_encoder
 from .files import FILE_MODE, atomic_write_text, atomic_write_with
+from .formats import read_format_header
 from .fusion import TokenFusion
 from .heads import ModalityToken, ProjectionHead
 from .projection import MixtureProjection, UniversalProjection, masked_mean, normalize
@@ -355,21 +356,8 @@ def read_config(folder: Path) -> OneEncoderConfig:
             f"{path} not found: expected a OneEncoder folder (config.json + model.safetensors) as written"
             " by a stage's output or OneEncoder.save_pretrained"
         )
-    try:
-        payload = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ModelFolderError(f"{path} is not valid JSON ({error}); {REEXPORT_HINT}") from None
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
-        raise ValueError(
-            f"{path} is not a OneEncoder config (format {found!r}, expected {FORMAT!r});"
-            " point to the output folder of a oneencoder stage"
-        )
-    if payload.get("format_version", 0) > FORMAT_VERSION:
-        raise ValueError(
-            f"{path} has format_version {payload['format_version']}; this oneencoder reads up to"
-            f" {FORMAT_VERSION}: upgrade oneencoder"
-        )
+    payload = read_format_header(path, FORMAT, FORMAT_VERSION, ModelFolderError, "a OneEncoder config",
+                                 "point to the output folder of a oneencoder stage, or " + REEXPORT_HINT)
     try:
         return OneEncoderConfig.from_dict(payload["model"])
     except (KeyError, TypeError, ValueError, AttributeError) as error:
