@@ -248,28 +248,37 @@ def _shard_path(folder: Path, index: int) -> Path:
     return folder / f"shard-{index:05d}.safetensors"
 
 
-class _SourceDataset(Dataset):
-    """Decodes one item per index in a dataloader worker; a bad one becomes (index, None, reason).
-    Captions (no `reader`) pass through as they are."""
+class ReadingDataset(Dataset):
+    """Decodes one value per index in a dataloader worker: (index, decoded, None), or (index, None,
+    reason) for one that does not decode or that `problems` already marks bad (an empty caption, a
+    file known to be missing). Captions (no `reader`) pass through as they are. Shared by the cache
+    build and `oneencoder embed`, so both skip bad items the same way."""
 
-    def __init__(self, items: list[Source], reader: Reader | None) -> None:
-        self.items = items
+    def __init__(self, values: Sequence[Any], reader: Reader | None,
+                 problems: Sequence[str | None] | None = None) -> None:
+        self.values = values
         self.reader = reader
+        self.problems = problems or [None] * len(values)
 
     def __len__(self) -> int:
-        return len(self.items)
+        return len(self.values)
 
     def __getitem__(self, index: int) -> tuple[int, Any, str | None]:
-        item = self.items[index]
+        value, problem = self.values[index], self.problems[index]
+        if problem is not None:
+            return index, None, problem
         if self.reader is None:
-            return index, item.value, None
+            return index, value, None
         try:
-            return index, self.reader(item.value, None), None
+            return index, self.reader(value, None), None
         except MediaError as error:
             return index, None, str(error)
 
 
-class _SourceCollator:
+class ReadingCollator:
+    """ReadingDataset rows -> (indices kept, their preprocessed inputs or None, {index: reason} of the
+    bad ones); preprocessing runs in the worker too."""
+
     def __init__(self, preprocessor: Any) -> None:
         self.preprocessor = preprocessor
 
@@ -299,8 +308,8 @@ def _write_shard(path: Path, chunk: list[Source], settings: _EncodeSettings, pro
     # uninterrupted one would have, and the two caches are bit-identical.
     encoder, dtype = settings.encoder, settings.dtype
     loader = DataLoader(
-        _SourceDataset(chunk, settings.reader), batch_size=settings.batch_size, num_workers=settings.num_workers,
-        collate_fn=_SourceCollator(encoder.preprocessor),
+        ReadingDataset([item.value for item in chunk], settings.reader), batch_size=settings.batch_size,
+        num_workers=settings.num_workers, collate_fn=ReadingCollator(encoder.preprocessor),
     )
     keys: list[str] = []
     rows: list[Tensor] = []

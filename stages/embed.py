@@ -30,12 +30,14 @@ from typing import Any, Optional, Sequence, Union
 import torch
 from jsonargparse import ArgumentParser
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from datamodules.feature_cache import HEADER_NAME as CACHE_HEADER
 from datamodules.feature_cache import (
     FeatureCache,
+    ReadingCollator,
+    ReadingDataset,
     StaleCacheError,
     pad_features,
     signature_memo,
@@ -58,7 +60,7 @@ from oneencoder.embeddings import (
 )
 from oneencoder.files import exclusive_lock
 from oneencoder.model import OneEncoder
-from oneencoder.readers import DEFAULT_MAX_PIXELS, MediaError, Reader, build_reader
+from oneencoder.readers import DEFAULT_MAX_PIXELS, Reader, build_reader
 
 log = logging.getLogger(__name__)
 
@@ -252,32 +254,6 @@ def _signable(records: list[Record], modality: str) -> list[Record]:
 # --- encoding ------------------------------------------------------------------------------------------
 
 
-def _as_list(rows: list[Any]) -> list[Any]:
-    return rows
-
-
-class _Reading(Dataset):
-    """Decodes one item per index (in a dataloader worker): (index, value, None) or (index, None, reason)."""
-
-    def __init__(self, items: list[Item], reader: Reader | None) -> None:
-        self.items = items
-        self.reader = reader
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, index: int) -> tuple[int, Any, str | None]:
-        item = self.items[index]
-        if item.problem is not None or self.reader is None:
-            return index, item.value, item.problem
-        if not item.value.is_file():
-            return index, None, f"file not found: {item.value}"
-        try:
-            return index, self.reader(item.value, None), None
-        except MediaError as error:
-            return index, None, str(error)
-
-
 @dataclass
 class _Job:
     """One modality's embedding run: its model, reader, cache and settings."""
@@ -290,6 +266,13 @@ class _Job:
     device: torch.device
 
 
+def _known_problem(item: Item, reader: Reader | None) -> str | None:
+    """Why an item cannot be embedded, known before decoding it: its own problem, or a missing file."""
+    if item.problem is None and reader is not None and not item.value.is_file():
+        return f"file not found: {item.value}"
+    return item.problem
+
+
 @torch.no_grad()
 def _embed_shard(job: _Job, chunk: list[Item], progress: tqdm) -> Shard:
     """One shard's items -> their embeddings, in order, less the items skipped."""
@@ -298,27 +281,27 @@ def _embed_shard(job: _Job, chunk: list[Item], progress: tqdm) -> Shard:
     served = job.cached.served if job.cached else set()
     cached = [i for i, item in enumerate(chunk) if item.id in served]
     for start in range(0, len(cached), size):
-        positions = cached[start : start + size]
-        padded = pad_features([job.cached.cache[chunk[i].id] for i in positions])
+        batch = cached[start : start + size]
+        padded = pad_features([job.cached.cache[chunk[i].id] for i in batch])
         projected = model.project(modality, padded["features"].to(job.device), padded["mask"].to(job.device))
-        vectors.update(zip(positions, projected.float().cpu()))
-        progress.update(len(positions))
-    online = [i for i in range(len(chunk)) if chunk[i].id not in served]
-    loader = DataLoader(_Reading([chunk[i] for i in online], job.reader), batch_size=size,
-                        num_workers=job.settings.num_workers, collate_fn=_as_list)
+        vectors.update(zip(batch, projected.float().cpu()))
+        progress.update(len(batch))
+    positions = [i for i, item in enumerate(chunk) if item.id not in served]
+    online = [chunk[i] for i in positions]
+    problems = [_known_problem(item, job.reader) for item in online]
+    dataset = ReadingDataset([item.value for item in online], job.reader, problems)
+    loader = DataLoader(dataset, batch_size=size, num_workers=job.settings.num_workers,
+                        collate_fn=ReadingCollator(model.encoders[modality].preprocessor))
     skipped = {}
-    for batch in loader:
-        good = [(online[index], value) for index, value, problem in batch if problem is None]
-        for index, _, problem in batch:
-            if problem is not None:
-                log.warning("skipping %s: %s", chunk[online[index]].name, problem)
-                skipped[chunk[online[index]].name] = problem
-        if good:
-            inputs = model.encoders[modality].preprocess([value for _, value in good])
+    for kept, inputs, failed in loader:
+        for index, problem in failed.items():
+            log.warning("skipping %s: %s", online[index].name, problem)
+            skipped[online[index].name] = problem
+        if inputs is not None:
             encoded = model.encode(modality, {name: tensor.to(job.device) for name, tensor in inputs.items()})
             projected = model.project(modality, encoded.features, encoded.mask)
-            vectors.update(zip([i for i, _ in good], projected.float().cpu()))
-        progress.update(len(batch))
+            vectors.update(zip([positions[i] for i in kept], projected.float().cpu()))
+        progress.update(len(kept) + len(failed))
     order = sorted(vectors)
     table = torch.stack([vectors[i] for i in order]) if order else torch.empty(0, model.config.embed_dim)
     return Shard(table, [chunk[i].row for i in order], skipped, len(cached))
