@@ -18,12 +18,11 @@ import logging
 import re
 import shutil
 import subprocess
-import tarfile
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import soundfile
@@ -33,6 +32,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from .manifest import SPLITS, read_manifest
+from .npm import fetch_package
 from .shapes import write_video
 
 log = logging.getLogger(__name__)
@@ -92,47 +92,18 @@ class Emoji:
     group: str
     tags: tuple[str, ...]
 
+    @property
+    def where(self) -> str:
+        return f"emoji {self.hexcode} ({self.annotation!r})"
+
 
 # --- the package ---------------------------------------------------------------------------------
 
 
 def fetch_openmoji(downloads: Path) -> Path:
-    """`npm pack`s OpenMoji into `downloads` (once) and extracts it there (once); returns the
-    extracted `package` folder. Both steps go through a temporary name, so an interrupted one is
-    redone rather than mistaken for finished."""
-    downloads = Path(downloads)
-    folder = downloads / f"openmoji-{OPENMOJI_VERSION}"
-    if not folder.is_dir():
-        archive = downloads / f"openmoji-{OPENMOJI_VERSION}.tgz"
-        if not archive.is_file():
-            _npm_pack(downloads, archive)
-        partial = downloads / f".openmoji-{OPENMOJI_VERSION}.part"
-        shutil.rmtree(partial, ignore_errors=True)
-        with tarfile.open(archive) as tar:
-            tar.extractall(partial, filter="data")  # refuses absolute paths, `..` and links out
-        partial.rename(folder)
-    return folder / "package"
-
-
-def _npm_pack(downloads: Path, archive: Path) -> None:
-    if shutil.which("npm") is None:
-        raise OpenMojiError(
-            f"npm not found, so openmoji@{OPENMOJI_VERSION} cannot be downloaded: install Node.js/npm"
-            " (e.g. `apt-get install npm`) or pass `--package` with an extracted openmoji package folder"
-        )
-    partial = downloads / ".npm-pack.part"
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
-    command = ["npm", "pack", f"openmoji@{OPENMOJI_VERSION}", "--pack-destination", str(partial)]
-    result = subprocess.run(command, capture_output=True, text=True)
-    packed = partial / archive.name
-    if result.returncode != 0 or not packed.is_file():
-        raise OpenMojiError(
-            f"`{' '.join(command)}` failed ({result.stderr.strip() or result.stdout.strip()}); check the"
-            " network or pass `--package` with an extracted openmoji package folder"
-        )
-    packed.rename(archive)
-    partial.rmdir()
+    """The extracted OpenMoji package under `downloads`, `npm pack`ed there once."""
+    return fetch_package(downloads, "openmoji", OPENMOJI_VERSION, OpenMojiError,
+                         "pass `--package` with an extracted openmoji package folder")
 
 
 def load_emoji(package: Path) -> list[Emoji]:
@@ -186,19 +157,19 @@ def _skip_reason(entry: Mapping[str, Any]) -> str | None:
 # --- deterministic choices -----------------------------------------------------------------------
 
 
-def _unit(seed: int, purpose: str, hexcode: str) -> float:
-    """A number in [0, 1) fixed by (seed, purpose, emoji): the same on every machine and run."""
-    digest = hashlib.sha256(f"{seed}/{purpose}/{hexcode}".encode()).digest()
+def seeded_unit(seed: int, purpose: str, key: str) -> float:
+    """A number in [0, 1) fixed by (seed, purpose, key): the same on every machine and run."""
+    digest = hashlib.sha256(f"{seed}/{purpose}/{key}".encode()).digest()
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
 def _pick(options: tuple[Any, ...], seed: int, purpose: str, hexcode: str) -> Any:
-    return options[int(_unit(seed, purpose, hexcode) * len(options))]
+    return options[int(seeded_unit(seed, purpose, hexcode) * len(options))]
 
 
-def split_of(seed: int, hexcode: str) -> str:
-    """About 70% train, 10% val, 20% test, by emoji."""
-    point, edge = _unit(seed, "split", hexcode), 0.0
+def split_of(seed: int, concept: str) -> str:
+    """About 70% train, 10% val, 20% test, by concept (an emoji's hexcode)."""
+    point, edge = seeded_unit(seed, "split", concept), 0.0
     for split, share in SPLIT_SHARES:
         edge += share
         if point < edge:
@@ -224,18 +195,16 @@ def captions(emoji: Emoji) -> list[str]:
 # --- files ---------------------------------------------------------------------------------------
 
 
-def _partial(path: Path) -> Path:
+def partial_path(path: Path) -> Path:
     """Where `path` is written before it is renamed into place; keeps the suffix (writers go by it)."""
     return path.with_name(f".{path.stem}.part{path.suffix}")
 
 
-def _tool(command: list[str], emoji: Emoji, target: Path, stdin: str | None = None) -> None:
+def run_tool(command: list[str], what: str, target: Path, stdin: str | None = None) -> None:
+    """`command` (a tool writing `target` for `what`), its failure raised with the tool's message."""
     result = subprocess.run(command, input=stdin, capture_output=True, text=True)
     if result.returncode != 0:
-        raise OpenMojiError(
-            f"emoji {emoji.hexcode} ({emoji.annotation!r}): `{' '.join(command)}` failed writing {target}:"
-            f" {result.stderr.strip()}"
-        )
+        raise OpenMojiError(f"{what}: `{' '.join(command)}` failed writing {target}: {result.stderr.strip()}")
 
 
 def check_tools() -> None:
@@ -269,19 +238,27 @@ class Job:
         return self.root / "video" / f"{self.emoji.hexcode}-{motion.replace(' ', '-')}.mp4"
 
 
-def rasterise(job: Job) -> bool:
-    """The SVG drawn at size x size, RGB on white; False when the PNG was already there."""
-    if job.image.exists():
+def draw_svg(svg: Path | str, target: Path, size: int, what: str) -> bool:
+    """`svg` (a file, or a document's text) drawn at size x size, RGB on white, into the PNG `target`;
+    False when it was already there."""
+    if target.exists():
         return False
-    svg = job.package / "color" / "svg" / f"{job.emoji.hexcode}.svg"
-    if not svg.is_file():
-        raise OpenMojiError(f"emoji {job.emoji.hexcode}: {svg} not found; the package is incomplete, extract it again")
-    partial = _partial(job.image)
-    size = str(job.size)
-    _tool(["rsvg-convert", "-w", size, "-h", size, "--background-color", "white", "-o", str(partial), str(svg)],
-          job.emoji, job.image)
-    partial.replace(job.image)
+    partial = partial_path(target)
+    command = ["rsvg-convert", "-w", str(size), "-h", str(size), "--background-color", "white", "-o", str(partial)]
+    if isinstance(svg, Path):
+        run_tool([*command, str(svg)], what, target)
+    else:
+        run_tool(command, what, target, stdin=svg)
+    partial.replace(target)
     return True
+
+
+def rasterise(job: Job) -> bool:
+    """The emoji's drawing from the package; False when the PNG was already there."""
+    svg = job.package / "color" / "svg" / f"{job.emoji.hexcode}.svg"
+    if not job.image.exists() and not svg.is_file():
+        raise OpenMojiError(f"emoji {job.emoji.hexcode}: {svg} not found; the package is incomplete, extract it again")
+    return draw_svg(svg, job.image, job.size, job.emoji.where)
 
 
 def speak(job: Job) -> bool:
@@ -291,14 +268,15 @@ def speak(job: Job) -> bool:
         return False
     emoji = job.emoji
     voice, speed = _pick(VOICES, job.seed, "voice", emoji.hexcode), _pick(SPEEDS, job.seed, "speed", emoji.hexcode)
-    raw = _partial(job.audio).with_suffix(".raw.wav")
+    raw = partial_path(job.audio).with_suffix(".raw.wav")
     # The name on stdin: a name starting with '-' must not read as an option.
-    _tool(["espeak-ng", "-v", voice, "-s", str(speed), "-w", str(raw), "--stdin"], emoji, job.audio, emoji.annotation)
+    run_tool(["espeak-ng", "-v", voice, "-s", str(speed), "-w", str(raw), "--stdin"], emoji.where, job.audio,
+             emoji.annotation)
     waveform, rate = soundfile.read(raw, dtype="float32", always_2d=True)
     raw.unlink()
     mono = torch.from_numpy(waveform.mean(axis=1))
     resampled = torchaudio.functional.resample(mono, rate, SAMPLING_RATE).clamp(-1.0, 1.0).numpy()
-    partial = _partial(job.audio)
+    partial = partial_path(job.audio)
     soundfile.write(partial, resampled, SAMPLING_RATE, subtype="PCM_16", format="WAV")
     partial.replace(job.audio)
     return True
@@ -334,7 +312,7 @@ def _change(first: Image.Image, last: Image.Image) -> float:
 def choose_motion(emoji: Image.Image, seed: int, hexcode: str) -> str:
     """The emoji's motion: the first in a per-emoji order that visibly changes the drawing (a round
     symbol rotating does not)."""
-    order = sorted(MOTIONS, key=lambda motion: _unit(seed, f"motion {motion}", hexcode))
+    order = sorted(MOTIONS, key=lambda motion: seeded_unit(seed, f"motion {motion}", hexcode))
     for motion in order:
         if _change(render(emoji, motion, 0.0), render(emoji, motion, 1.0)) >= VISIBLE:
             return motion
@@ -350,13 +328,13 @@ def animate(job: Job) -> tuple[str, bool]:
     if target.exists():
         return motion, False
     times = np.linspace(0.0, 1.0, job.frames)
-    partial = _partial(target)
+    partial = partial_path(target)
     write_video(partial, [np.asarray(render(drawing, motion, float(t))) for t in times], CLIP_FPS)
     partial.replace(target)
     return motion, True
 
 
-def _run_all(phase: str, work: Callable[[Job], Any], jobs: list[Job], workers: int) -> list[Any]:
+def run_all(phase: str, work: Callable[[Any], Any], jobs: Sequence[Any], workers: int) -> list[Any]:
     """`work` over `jobs` in `workers` threads (the heavy parts are subprocesses and C code), with a
     progress bar; the first failure cancels what has not started and is raised."""
     with ThreadPoolExecutor(max_workers=workers) as pool:
@@ -378,24 +356,25 @@ def _log_written(phase: str, written: Iterable[bool]) -> None:
 # --- the build -----------------------------------------------------------------------------------
 
 
-def _write_if_changed(path: Path, text: str) -> None:
+def write_if_changed(path: Path, text: str) -> None:
     """Atomically, and not at all when the file already holds `text` (its mtime stays)."""
     if path.is_file() and path.read_text(encoding="utf-8") == text:
         return
-    partial = _partial(path)
+    partial = partial_path(path)
     partial.write_text(text, encoding="utf-8")
     partial.replace(path)
 
 
-def _remove_partials(root: Path) -> None:
-    """Files an interrupted build was writing: never finished, so never kept."""
-    for folder in (root, root / "images", root / "audio", root / "video"):
-        for partial in sorted(folder.glob(".*.part.*")):
-            log.info("openmoji: removing %s, left by an interrupted build", partial)
-            partial.unlink()
+def remove_partials(root: Path) -> None:
+    """Files an interrupted build was writing (in `root` and its media folders): never finished, so
+    never kept."""
+    media = [path for folder in ("images", "audio", "video") for path in (root / folder).rglob(".*.part.*")]
+    for partial in sorted([*root.glob(".*.part.*"), *media]):
+        log.info("removing %s, left by an interrupted build", partial)
+        partial.unlink()
 
 
-def _claim_root(root: Path, settings: dict[str, Any]) -> None:
+def claim_root(root: Path, settings: dict[str, Any]) -> None:
     """Records the settings in build.json; a root built with other settings is refused, since its
     files would be kept and mixed with new ones."""
     record = root / "build.json"
@@ -406,7 +385,7 @@ def _claim_root(root: Path, settings: dict[str, Any]) -> None:
                 f"{root} was built with other settings ({record}: {before}; now: {settings}):"
                 f" use another root, or delete {root} to rebuild it"
             )
-    _write_if_changed(record, json.dumps(settings, indent=2, sort_keys=True) + "\n")
+    write_if_changed(record, json.dumps(settings, indent=2, sort_keys=True) + "\n")
 
 
 def _check_settings(size: int, frames: int, video_per_split: Mapping[str, int], limit: int | None,
@@ -443,24 +422,33 @@ def build_openmoji(
     root.mkdir(parents=True, exist_ok=True)
     settings = {"version": OPENMOJI_VERSION, "seed": seed, "size": size, "frames": frames,
                 "video_per_split": {split: video_per_split.get(split, 0) for split in SPLITS}, "limit": limit}
-    _claim_root(root, settings)
+    claim_root(root, settings)
+    remove_partials(root)
     package = fetch_openmoji(root / "downloads") if package is None else Path(package)
-    ranked = sorted(load_emoji(package), key=lambda emoji: _unit(seed, "order", emoji.hexcode))[:limit]
+    _, records = openmoji_records(root, package, seed=seed, size=size, video_per_split=video_per_split,
+                                  frames=frames, limit=limit, workers=workers)
+    manifest = root / "manifest.jsonl"
+    write_if_changed(manifest, "".join(json.dumps(record) + "\n" for record in records))
+    write_av_events(manifest)
+    return manifest
+
+
+def openmoji_records(root: Path, package: Path, *, seed: int, size: int, video_per_split: Mapping[str, int],
+                     frames: int, limit: int | None, workers: int) -> tuple[list[Emoji], list[dict[str, Any]]]:
+    """Draws, speaks and animates the package's emoji under `root` (what is there already is kept);
+    returns the emoji, in their seeded order, and their records: one per emoji, then the clips."""
+    ranked = sorted(load_emoji(package), key=lambda emoji: seeded_unit(seed, "order", emoji.hexcode))[:limit]
     for folder in ("images", "audio", "video"):
         (root / folder).mkdir(exist_ok=True)
-    _remove_partials(root)
     jobs = [Job(emoji, split_of(seed, emoji.hexcode), package, root, seed, size, frames) for emoji in ranked]
-    _log_written("images", _run_all("images", rasterise, jobs, workers))
-    _log_written("speech", _run_all("speech", speak, jobs, workers))
+    _log_written("images", run_all("images", rasterise, jobs, workers))
+    _log_written("speech", run_all("speech", speak, jobs, workers))
     clip_jobs = _with_clips(jobs, video_per_split)
-    motions = _run_all("clips", animate, clip_jobs, workers)
+    motions = run_all("clips", animate, clip_jobs, workers)
     _log_written("clips", (written for _, written in motions))
     records = [_emoji_record(job) for job in jobs]
     records += [_clip_record(job, motion) for job, (motion, _) in zip(clip_jobs, motions)]
-    manifest = root / "manifest.jsonl"
-    _write_if_changed(manifest, "".join(json.dumps(record) + "\n" for record in records))
-    write_av_events(manifest)
-    return manifest
+    return ranked, records
 
 
 def _with_clips(jobs: list[Job], video_per_split: Mapping[str, int]) -> list[Job]:
@@ -508,7 +496,7 @@ def write_av_events(manifest: str | Path) -> Path:
         events.append({"id": clip.id, "split": clip.split, "text": sound["text"], "video": clip.fields["video"],
                        "audio": sound["audio"], "label": clip.fields["label"]})
     target = manifest.parent / AV_EVENTS_NAME
-    _write_if_changed(target, "".join(json.dumps(event) + "\n" for event in events))
+    write_if_changed(target, "".join(json.dumps(event) + "\n" for event in events))
     return target
 
 
