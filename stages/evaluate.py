@@ -12,9 +12,10 @@ from __future__ import annotations
 import itertools
 import json
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -24,8 +25,8 @@ from tqdm.auto import tqdm
 from datamodules.manifest import BadRecordError, Record, read_manifest
 from datamodules.pairs_dataset import PairCollator, PairDataset
 from oneencoder import OneEncoder
-from oneencoder.model import read_config
 from oneencoder.files import atomic_write_text
+from oneencoder.model import read_config
 from oneencoder.readers import DEFAULT_MAX_PIXELS, build_reader
 from oneencoder.retrieval import chance_levels, check_finite, first_relevant_ranks, recall_at_k, relevant_counts
 from oneencoder.zero_shot import (
@@ -38,6 +39,9 @@ from oneencoder.zero_shot import (
 )
 
 from .markdown import routing_table, table
+
+if TYPE_CHECKING:
+    from .style_eval import StyleEvaluation
 
 
 @dataclass
@@ -80,7 +84,7 @@ class ZeroShotResult:
 @dataclass
 class Evaluation:
     """All pairs' results; `trained` (pairs of modalities trained together), when known, marks the
-    others as transitive in the table."""
+    others as transitive in the table; `where`, the record filter the figures were computed under."""
 
     manifest: str
     split: str
@@ -89,12 +93,14 @@ class Evaluation:
     unpaired: list[str] = field(default_factory=list)  # pairs of modalities no record has both of
     zero_shot: list[ZeroShotResult] = field(default_factory=list)
     routing: dict[str, list[float]] = field(default_factory=dict)  # modality -> mean weight per expert (MoE)
+    where: dict[str, str] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """results.json: flat metric names (`audio->image/R@1`) with the chance levels beside them."""
         data = {
             "manifest": self.manifest,
             "split": self.split,
+            **({"where": self.where} if self.where else {}),
             "metrics": {f"{r.name}/{k}": v for r in self.results for k, v in r.metrics.items()},
             "chance": {f"{r.name}/{k}": v for r in self.results for k, v in r.chance.items()},
             "sizes": {r.name: {"queries": r.queries, "gallery": r.gallery_size} for r in self.results},
@@ -133,12 +139,12 @@ class Evaluation:
             columns.append("trained together")
         rows = []
         for r in self.results:
-            cells = [r.name, *(f"{_fmt(k, r.metrics[k])} ({_fmt(k, r.chance[k])})" for k in keys),
-                     str(r.queries), str(r.gallery_size)]
+            cells = [r.name, *(metric_cell(r, k) for k in keys), str(r.queries), str(r.gallery_size)]
             if self.trained is not None:
                 cells.append("yes" if frozenset((r.query, r.gallery)) in self.trained else "no (transitive)")
             rows.append(cells)
-        return [f"Retrieval on `{self.manifest}`, split `{self.split}`", "", *table(columns, rows)]
+        return [f"Retrieval on `{self.manifest}`, split `{self.split}`{of_records(self.where)}", "",
+                *table(columns, rows)]
 
     def _zero_shot_lines(self) -> list[str]:
         if not self.zero_shot:
@@ -151,19 +157,38 @@ class Evaluation:
             for z in self.zero_shot
         ]
         first = self.zero_shot[0]
-        return ["", f"Zero-shot classification by `label` ({first.classes} classes, {first.templates} prompt"
-                f" template{'s' if first.templates > 1 else ''} averaged)", "", *table(columns, rows)]
+        title = (f"Zero-shot classification by `label` ({first.classes} classes, {first.templates} prompt"
+                 f" template{'s' if first.templates > 1 else ''} averaged)")
+        return ["", title, "", *table(columns, rows)]
 
     def write(self, folder: str | os.PathLike[str], extra: dict[str, Any] | None = None, stem: str = "results") -> None:
-        """<stem>.json (plus `extra` keys) and <stem>.md in `folder`."""
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(folder / f"{stem}.md", self.markdown())
-        atomic_write_text(folder / f"{stem}.json", json.dumps({**self.to_dict(), **(extra or {})}, indent=2))
+        write_results(folder, self.markdown(), {**self.to_dict(), **(extra or {})}, stem)
+
+
+def write_results(folder: str | os.PathLike[str], markdown: str, data: dict[str, Any], stem: str) -> None:
+    """<stem>.md and <stem>.json in `folder`, the json last: its presence says the results are complete."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(folder / f"{stem}.md", markdown)
+    atomic_write_text(folder / f"{stem}.json", json.dumps(data, indent=2))
+
+
+def of_records(where: Mapping[str, str] | None) -> str:
+    """`where` for a heading: ", records with style=openmoji" (nothing without a filter)."""
+    return f", records with {where_text(where)}" if where else ""
+
+
+def where_text(where: Mapping[str, str]) -> str:
+    return ", ".join(f"{key}={value}" for key, value in where.items())
 
 
 def _fmt(key: str, value: float) -> str:
     return f"{value:.1f}" if key == "MedR" else f"{value:.3f}"
+
+
+def metric_cell(result: PairResult, key: str) -> str:
+    """A table cell: the figure with its chance level in brackets."""
+    return f"{_fmt(key, result.metrics[key])} ({_fmt(key, result.chance[key])})"
 
 
 @torch.no_grad()
@@ -203,6 +228,19 @@ def embed_records(
     if not chunks:
         raise BadRecordError(f"none of the {len(records)} records' {modality} items could be read (all skipped as bad)")
     return Embedded(torch.cat(chunks), torch.cat(owners), torch.cat(routing) if routing else None)
+
+
+def embed_split(model: OneEncoder, records: Sequence[Record], modality: str, where: str, batch_size: int = 64,
+                num_workers: int = 0, video_backend: str = "decord", skip_bad_records: bool = False,
+                max_image_pixels: int | None = DEFAULT_MAX_PIXELS) -> Embedded:
+    """embed_records on the records that have `modality`, with owners indexing `records` (so that
+    every modality's rows name the same records), refusing NaN embeddings; `where` names the records
+    (manifest and split) in that error."""
+    positions = torch.tensor([i for i, r in enumerate(records) if modality in r.fields])
+    rows = embed_records(model, [records[i] for i in positions], modality, batch_size, num_workers, video_backend,
+                         skip_bad_records, max_image_pixels)
+    check_finite(rows.embeddings, modality, where)
+    return Embedded(rows.embeddings, positions[rows.owners], rows.routing)
 
 
 def pair_result(query: str, gallery: str, a: Embedded, b: Embedded, ks: Sequence[int]) -> PairResult:
@@ -262,26 +300,23 @@ def evaluate(
     classes: Sequence[str] | None = None,
     skip_bad_records: bool = False,
     max_image_pixels: int | None = DEFAULT_MAX_PIXELS,
+    where: Mapping[str, str] | None = None,
 ) -> Evaluation:
     """Every ordered pair of `modalities` (default: all the model's that the manifest has) that some
     records share; then zero-shot classification of the labelled records' non-text items among
     `classes` (default: the split's labels), each prompt made from `templates`. With
     `skip_bad_records`, a media file that is missing or does not decode leaves its record out of the
     pairs and classes that need it, instead of failing. A mixture of experts' mean router weights per
-    modality (over the items embedded for retrieval) go to `routing`."""
-    records = split_records(manifest, split)
+    modality (over the items embedded for retrieval) go to `routing`. With `where`, only the records
+    whose fields equal all its values are evaluated (split_records)."""
+    records = split_records(manifest, split, where)
     present = [m for m in (modalities or model.modalities) if any(m in r.fields for r in records)]
     missing = sorted(set(modalities or ()) - set(present))
     if missing:
         raise ValueError(f"{manifest} has no {split!r} records with {missing}")
-    embedded = {}
-    for m in present:
-        positions = torch.tensor([i for i, r in enumerate(records) if m in r.fields])
-        rows = embed_records(model, [records[i] for i in positions], m, batch_size, num_workers, video_backend,
-                             skip_bad_records, max_image_pixels)
-        check_finite(rows.embeddings, m, f"{manifest} ({split!r} split)")
-        embedded[m] = Embedded(rows.embeddings, positions[rows.owners], rows.routing)  # owners index `records`
-    evaluation = Evaluation(str(manifest), split)
+    embedded = {m: embed_split(model, records, m, f"{manifest} ({split!r} split)", batch_size, num_workers,
+                               video_backend, skip_bad_records, max_image_pixels) for m in present}
+    evaluation = Evaluation(str(manifest), split, where=dict(where) if where else None)
     evaluation.routing = {m: e.routing.mean(0).tolist() for m, e in embedded.items() if e.routing is not None}
     for a, b in itertools.permutations(present, 2):
         if any(a in r.fields and b in r.fields for r in records):
@@ -300,12 +335,18 @@ def evaluate(
     return evaluation
 
 
-def split_records(manifest: str, split: str) -> list[Record]:
-    """The manifest's records of `split`; none is an error."""
+def split_records(manifest: str, split: str, where: Mapping[str, str] | None = None) -> list[Record]:
+    """The manifest's records of `split` whose fields equal every value of `where` (a manifest that
+    draws the same concepts in several styles is evaluated one style at a time: {"style": "openmoji"});
+    none is an error."""
     records = [r for r in read_manifest(manifest) if r.split == split]
     if not records:
         raise ValueError(f"{manifest} has no {split!r} records to evaluate; choose another split with --split")
-    return records
+    chosen = [r for r in records if all(r.fields.get(key) == value for key, value in (where or {}).items())]
+    if not chosen:
+        raise ValueError(f"{manifest}: none of its {len(records)} {split!r} records has {where_text(where)};"
+                         " check the filter (`where`, --where) against the records' fields")
+    return chosen
 
 
 def check_media(records: Sequence[Record], modalities: Sequence[str]) -> None:
@@ -319,12 +360,19 @@ def check_media(records: Sequence[Record], modalities: Sequence[str]) -> None:
                                  " (`oneencoder evaluate --skip_bad_records true`) to leave such records out") from None
 
 
-def evaluate_folder(folder: str | os.PathLike[str], manifest: str, split: str = "test", **options: Any) -> Evaluation:
-    """`evaluate` for a stage's output folder, on the GPU when there is one. The manifest is read
-    first, and unless `skip_bad_records` its media checked, so that a mistake there is reported before
-    the model loads."""
-    records = split_records(manifest, split)
+def evaluate_folder(folder: str | os.PathLike[str], manifest: str, split: str = "test", by: str | None = None,
+                    **options: Any) -> Evaluation | StyleEvaluation:
+    """`evaluate` for a stage's output folder, on the GPU when there is one; with `by`, per value of
+    that record field and across them instead (stages/style_eval.py). The manifest is read first, and
+    unless `skip_bad_records` its media checked, so that a mistake there is reported before the model
+    loads."""
+    from .style_eval import MODALITIES, evaluate_styles
+
+    records = split_records(manifest, split, options.get("where"))
     if not options.get("skip_bad_records"):
-        check_media(records, options.get("modalities") or list(read_config(Path(folder)).encoders))
+        modalities = MODALITIES if by else options.get("modalities") or list(read_config(Path(folder)).encoders)
+        check_media(records, modalities)
     model = OneEncoder.from_pretrained(folder).to("cuda" if torch.cuda.is_available() else "cpu")
-    return evaluate(model, manifest, split, **options)
+    if by is None:
+        return evaluate(model, manifest, split, **options)
+    return evaluate_styles(model, manifest, split, by, **options)

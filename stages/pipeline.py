@@ -24,7 +24,8 @@ were computed from.
 Each evaluation writes `<output>/results[-<name>].json|.md` for the final model. With
 `evaluate_each_stage` it also runs on every stage's model (and start_from's, as stage `start`) into
 `<output>/<stage>/results[-<name>].json|.md`, with the same caching by digest, and the forgetting table
-(stages/forgetting.py) goes to `<output>/forgetting[-<name>].json|.md`.
+(stages/forgetting.py) goes to `<output>/forgetting[-<name>].json|.md`; an evaluation `by` a record field
+(per style) runs on the final model only: the forgetting table compares the plain evaluations' pairs.
 
 Each stage runs in its own process, so a multi-GPU stage launches DDP exactly as `oneencoder fit`
 does; a stage with a feature cache (any of its sources) has it built (or checked) first by
@@ -92,7 +93,11 @@ class EvaluationSpec:
     """An evaluation of the final model on one manifest split: retrieval between every pair of its
     `modalities` (default: all the model's), and zero-shot classification of labelled records
     (`templates`: prompts with `{}` where the class name goes; `classes`: default the split's labels).
-    Its results go to `results-<name>.json` / `.md`, or `results.json` / `.md` when it has no name."""
+    `where`: only the records whose fields equal all these values (`{style: openmoji}`). `by`: a record
+    field (`style`): text<->image per value of it and image->image across values instead
+    (stages/style_eval.py), on the final model only; it takes no `modalities`, `templates` or `classes`.
+    Its results go to `results-<name>.json` / `.md`, or `results.json` / `.md` when it has no name (one
+    evaluation of a pipeline may have none)."""
 
     manifest: str
     name: str | None = None
@@ -104,6 +109,11 @@ class EvaluationSpec:
     video_backend: str = "decord"
     templates: list[str] = field(default_factory=lambda: ["{}"])
     classes: list[str] | None = None
+    where: dict[str, str] | None = None
+    by: str | None = None
+
+
+NOT_BY = ("modalities", "templates", "classes")  # what an evaluation `by` a field does not take
 
 
 @dataclass
@@ -130,9 +140,12 @@ class PipelineSpec:
         if isinstance(evaluations, dict):  # one evaluation may be written without the list
             evaluations = [evaluations]
         spec.evaluation = [_build(EvaluationSpec, e, f"{path}: evaluation[{i}]") for i, e in enumerate(evaluations)]
+        for i, evaluation in enumerate(spec.evaluation):
+            _check_evaluation(evaluation, f"{path}: evaluation[{i}]")
         names = [e.name for e in spec.evaluation]
-        if len(names) > 1 and (None in names or len(set(names)) != len(names)):
-            raise PipelineError(f"{path}: several evaluations need a unique `name` each (got {names})")
+        if len(set(names)) != len(names):  # one may have none: the main one, written to results.md
+            raise PipelineError(f"{path}: several evaluations need a unique `name` each, but for one that may have"
+                                f" none (got {names})")
         if not spec.stages:
             raise PipelineError(f"{path}: `stages` is empty; list at least one {{name, config}}")
         names = [s.name for s in spec.stages]
@@ -159,6 +172,22 @@ def _read_yaml(path: Path, where: str = "") -> Any:
         ) from None
     except yaml.YAMLError as error:  # a character YAML refuses: yaml names the file and a position, not a line
         raise PipelineError(f"{where}{path}: not valid YAML: {' '.join(str(error).split())}") from None
+
+
+def _check_evaluation(spec: EvaluationSpec, where: str) -> None:
+    if spec.where is not None and not (isinstance(spec.where, dict) and all(
+            isinstance(key, str) and isinstance(value, str) for key, value in spec.where.items())):
+        raise PipelineError(f"{where}: `where` maps record fields to the values to keep, e.g. {{style: openmoji}}"
+                            f" (got {spec.where!r})")
+    if spec.by is None:
+        return
+    if not isinstance(spec.by, str):
+        raise PipelineError(f"{where}: `by` is a record field to evaluate per value of, e.g. style (got {spec.by!r})")
+    default = EvaluationSpec(spec.manifest)
+    unused = [key for key in NOT_BY if getattr(spec, key) != getattr(default, key)]
+    if unused:
+        raise PipelineError(f"{where}: an evaluation `by` {spec.by!r} ranks images and captions per {spec.by} and"
+                            f" images across them: it takes no {unused}; put those in another evaluation")
 
 
 def _build(cls: type, data: Any, where: str) -> Any:
@@ -610,7 +639,7 @@ def run_pipeline(path: str | os.PathLike[str]) -> Path:
     for evaluation in spec.evaluation:
         final_results = _evaluate(evaluation, output, output, final)
         print((output / f"{_results_stem(evaluation)}.md").read_text())
-        if spec.evaluate_each_stage:
+        if spec.evaluate_each_stage and evaluation.by is None:  # a forgetting table compares pairs of modalities
             _evaluate_each_stage(evaluation, output, models, final_results)
     return final.folder
 
@@ -662,8 +691,11 @@ def _evaluate(spec: EvaluationSpec, output: Path, folder: Path, model: StageMode
     else:
         print(f"[pipeline] {label}: {model.folder} on {spec.manifest} ({spec.split})")
         started = time.monotonic()
-        evaluation = evaluate_folder(model.folder, **settings)
-        evaluation.trained = model.trained
+        if spec.by is None:
+            evaluation = evaluate_folder(model.folder, **settings)
+            evaluation.trained = model.trained
+        else:
+            evaluation = evaluate_folder(model.folder, **{k: v for k, v in settings.items() if k not in NOT_BY})
         evaluation.write(folder, extra={"hash": key}, stem=stem)
         print(f"[pipeline] {label}: done in {_duration(time.monotonic() - started)}")
     return results_path

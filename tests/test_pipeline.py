@@ -165,8 +165,10 @@ def test_pipeline_config_errors_are_named(tmp_path):
     with pytest.raises(PipelineError, match=r"last.ckpt, not the latest"):
         resolve_stage_config(StageSpec("up", str(tmp_path / "up.yaml")), tmp_path / "out", None)
     up = [{"name": "up", "config": str(ROOT / "configs/up.yaml")}]
-    with pytest.raises(PipelineError, match=r"several evaluations need a unique `name` each \(got \['a', 'a'\]\)"):
+    with pytest.raises(PipelineError, match=r"several evaluations need a unique `name` each, .* \(got \['a', 'a'\]\)"):
         PipelineSpec.load(_pipeline(tmp_path, up, evaluation=[{"name": "a", "manifest": "m"}] * 2))
+    with pytest.raises(PipelineError, match=r"but for one that may have none \(got \[None, None\]\)"):
+        PipelineSpec.load(_pipeline(tmp_path, up, evaluation=[{"manifest": "m"}] * 2))
     with pytest.raises(PipelineError, match=r"evaluation\[1\]: unknown keys \['split_name'\]"):
         PipelineSpec.load(_pipeline(tmp_path, up, evaluation=[{"name": "a", "manifest": "m"}, {"split_name": "x"}]))
 
@@ -195,6 +197,21 @@ def test_one_evaluation_may_be_written_without_a_list(tmp_path):
     up = [{"name": "up", "config": str(ROOT / "configs/up.yaml")}]
     spec = PipelineSpec.load(_pipeline(tmp_path, up, evaluation={"manifest": "m", "split": "val"}))
     assert [(e.name, e.manifest, e.split) for e in spec.evaluation] == [(None, "m", "val")]
+
+
+def test_an_evaluation_keeps_its_record_filter_and_grouping_field(tmp_path):
+    up = [{"name": "up", "config": str(ROOT / "configs/up.yaml")}]
+    evaluations = [{"name": "main", "manifest": "m", "where": {"style": "openmoji"}},
+                   {"name": "styles", "manifest": "m", "by": "style"}]
+    spec = PipelineSpec.load(_pipeline(tmp_path, up, evaluation=evaluations))
+    assert [(e.where, e.by) for e in spec.evaluation] == [({"style": "openmoji"}, None), (None, "style")]
+    assert [{k: v for k, v in dataclasses.asdict(e).items() if k in ("name", "where", "by")} for e in spec.evaluation] == [
+        {"name": "main", "where": {"style": "openmoji"}, "by": None}, {"name": "styles", "where": None, "by": "style"}]
+    with pytest.raises(PipelineError, match=r"evaluation\[0\]: `where` maps record fields to the values to keep"):
+        PipelineSpec.load(_pipeline(tmp_path, up, evaluation={"manifest": "m", "where": "style=openmoji"}))
+    with pytest.raises(PipelineError, match=r"an evaluation `by` 'style' .* takes no \['templates', 'classes'\]"):
+        PipelineSpec.load(_pipeline(tmp_path, up, evaluation={"manifest": "m", "by": "style", "templates": ["a {}"],
+                                                              "classes": ["x"]}))
 
 
 # --- several config files for one stage ---------------------------------------------------------------
@@ -382,6 +399,33 @@ def test_each_stage_is_evaluated_once_and_the_forgetting_table_follows_the_train
     run_pipeline(two_stages)  # nothing changed: nothing is evaluated again
     printed = capsys.readouterr().out
     assert printed.count("done earlier for this model and manifest") == 3 and "done in" not in printed
+
+
+def test_a_style_evaluation_runs_on_the_final_model_only_and_its_filter_keys_the_results(two_stages, fake_fit,
+                                                                                          capsys):
+    from test_style_eval import write_styled_manifest
+
+    output = two_stages.parent / "out"
+    manifest = write_styled_manifest(Path(yaml.safe_load(two_stages.read_text())["evaluation"]["manifest"]),
+                                     two_stages.parent, concepts=3)
+    evaluations = [{"manifest": str(manifest), "where": {"style": "plain"}},  # the main one: results.md
+                   {"name": "styles", "manifest": str(manifest), "by": "style"}]
+    config = yaml.safe_load(two_stages.read_text())
+    two_stages.write_text(yaml.safe_dump({**config, "evaluation": evaluations, "evaluate_each_stage": True}))
+    run_pipeline(two_stages)
+    main = json.loads((output / "results.json").read_text())
+    assert main["where"] == {"style": "plain"} and main["sizes"]["image->text"] == {"queries": 3, "gallery": 9}
+    assert (output / "up/results.json").is_file() and (output / "forgetting.json").is_file()
+    styles = json.loads((output / "results-styles.json").read_text())
+    assert styles["held_out"] == ["copy"] and styles["metrics"]["plain->copy/image->image/R@1"] == 1.0
+    assert "| copy | text->image |" in capsys.readouterr().out
+    assert not (output / "up/results-styles.json").exists() and not (output / "forgetting-styles.json").exists()
+    two_stages.write_text(yaml.safe_dump({**config, "evaluation": [{**evaluations[0], "where": {"style": "copy"}},
+                                                                   evaluations[1]], "evaluate_each_stage": True}))
+    run_pipeline(two_stages)  # another filter: evaluated again; the style evaluation is done already
+    printed = capsys.readouterr().out
+    assert "[pipeline] evaluation: done earlier" not in printed and "evaluation styles: done earlier" in printed
+    assert json.loads((output / "results.json").read_text())["where"] == {"style": "copy"}
 
 
 def test_a_stage_trained_again_trains_the_stages_after_it_again(two_stages, fake_fit, capsys):
