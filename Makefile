@@ -4,13 +4,14 @@ PY := $(VENV)/bin/python
 CLI := $(VENV)/bin/oneencoder
 TORCH := torch==2.14.1 torchaudio==2.11.0 torchcodec==0.17.0
 SHAPES := data/shapes/manifest.jsonl
-OPENMOJI := data/openmoji/manifest.jsonl
+CORPUS := data/corpus/manifest.jsonl
+CORPUS_FULL := data/corpus-full/manifest.jsonl
 # Debian: librsvg2-bin espeak-ng (the demo data's rasteriser and voice), chromium (the search page's browser test)
 SYSTEM_TOOLS := rsvg-convert espeak-ng chromium
 SYSTEM_PACKAGES := librsvg2-bin espeak-ng chromium
 
 .DEFAULT_GOAL := help
-.PHONY: help install system-tools up align-audio align-video pipeline demo demo-moe demo-moe-ablations paper-image-text paper-audio-text \
+.PHONY: help install system-tools up align-audio align-video pipeline demo demo-moe demo-full demo-moe-ablations paper-image-text paper-audio-text \
 	paper-video-text paper paper-codebook demo-codebook demo-search serve test test-slow test-full bench bench-search faults clean
 
 help:  ## list targets
@@ -57,11 +58,19 @@ align-video: install $(SHAPES)  ## stage 3: align video to text, earlier stages 
 pipeline: install $(SHAPES)  ## up -> align audio -> align video, then retrieval between all modality pairs
 	$(CLI) pipeline configs/pipeline/shapes.yaml
 
-$(OPENMOJI): | $(VENV)/.installed
-	$(CLI) data openmoji data/openmoji
+$(CORPUS): | $(VENV)/.installed
+	$(CLI) data corpus data/corpus
 
-demo: install $(OPENMOJI)  ## the main job: real bundled encoders on OpenMoji, up -> audio -> video, evaluate
+demo: install $(CORPUS)  ## the main job: real bundled encoders on emoji in 7 styles + icons, up -> audio -> video, evaluate
 	$(CLI) pipeline configs/pipeline/demo.yaml
+
+$(CORPUS_FULL): | $(VENV)/.installed
+	$(CLI) data corpus data/corpus-full --icons_per_set all
+
+demo-full: install  ## the demo on the whole corpus: every icon of the five icon sets (about 45 minutes on 2 cores)
+	@echo "demo-full: about 45 minutes on 2 CPU cores (a few on a GPU): corpus, caches, 3 stages, evaluation"
+	$(MAKE) $(CORPUS_FULL)
+	$(CLI) pipeline configs/pipeline/demo_full.yaml
 
 MOE_ABLATIONS := one_expert constant_router random_experts
 COMPARE := $(CLI) compare configs/pipeline/demo.yaml configs/pipeline/demo_moe.yaml
@@ -76,15 +85,12 @@ demo-moe-ablations: demo-moe  ## the MoE with 1 expert, a constant router, rando
 		--labels OneEncoder OneLLM-MoE $(MOE_ABLATIONS) --output outputs/compare/ablations.md
 
 CODEBOOK_ROWS := vq fcid aligned
-AV_EVENTS := data/openmoji/av_events.jsonl
+AV_EVENTS := data/corpus/av_events.jsonl
 GENERALIZE := --manifest $(AV_EVENTS) --modalities audio video --cache_dtype float16 \
-	--feature_cache '{"audio": "data/openmoji/features/codebook", "video": "data/openmoji/features/align-video"}'
+	--feature_cache '{"audio": "data/corpus/features/codebook", "video": "data/corpus/features/align-video"}'
 CODEBOOK := outputs/pipeline/demo_codebook
 
-$(AV_EVENTS): $(OPENMOJI)  # OpenMoji builds from before the codebook stage lack it; the build adds it
-	$(CLI) data openmoji data/openmoji
-
-demo-codebook: demo $(AV_EVENTS)  ## the codebook stage on the demo's caches: shared VQ, + FCID, + FCID + TOC, cross-modal generalization
+demo-codebook: demo  ## the codebook stage on the demo's caches: shared VQ, + FCID, + FCID + TOC, cross-modal generalization
 	for row in $(CODEBOOK_ROWS); do $(CLI) pipeline configs/pipeline/demo_codebook_$$row.yaml || exit 1; done
 	$(CLI) toc $(CODEBOOK)_fcid/codebook --k 128 --sweep 32 64 128 192 $(GENERALIZE) --output outputs/codebook/toc
 	$(CLI) generalize $(CODEBOOK)_vq/codebook $(CODEBOOK)_fcid/codebook $(CODEBOOK)_fcid/codebook $(CODEBOOK)_aligned/codebook \
@@ -92,15 +98,15 @@ demo-codebook: demo $(AV_EVENTS)  ## the codebook stage on the demo's caches: sh
 		$(GENERALIZE) --output outputs/codebook/generalization
 
 DEMO_MODEL := outputs/pipeline/demo/align-video
-SEARCH := outputs/search/openmoji
+SEARCH := outputs/search/corpus
 # Every modality's features are already in the demo's caches: embedding them only runs the projection.
-DEMO_CACHES := '{"image": "data/openmoji/features/up", "text": "data/openmoji/features/up", \
-	"audio": "data/openmoji/features/align-audio", "video": "data/openmoji/features/align-video"}'
+DEMO_CACHES := '{"image": "data/corpus/features/up", "text": "data/corpus/features/up", \
+	"audio": "data/corpus/features/align-audio", "video": "data/corpus/features/align-video"}'
 SEARCH_QUERY_TEXT ?= a red apple
 SEARCH_QUERY_SPOKEN ?= a smiling cat
 
-demo-search: demo  ## embed + index the whole OpenMoji collection with the demo's model, search it by text and by a spoken clip
-	$(CLI) embed $(DEMO_MODEL) $(OPENMOJI) $(SEARCH)/embeddings --feature_cache $(DEMO_CACHES)
+demo-search: demo  ## embed + index the whole demo corpus with the demo's model, search it by text and by a spoken clip
+	$(CLI) embed $(DEMO_MODEL) $(CORPUS) $(SEARCH)/embeddings --feature_cache $(DEMO_CACHES)
 	$(CLI) index $(SEARCH)/embeddings $(SEARCH)/index
 	$(CLI) search $(SEARCH)/index --text "$(SEARCH_QUERY_TEXT)" --k 5
 	espeak-ng -w $(SEARCH)/spoken-query.wav "$(SEARCH_QUERY_SPOKEN)"

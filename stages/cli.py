@@ -37,6 +37,7 @@ USER_ERRORS: dict[str, tuple[str, ...]] = {
     "datamodules.converters.base": ("ConversionError",),
     "datamodules.feature_cache": ("StaleCacheError",),
     "datamodules.openmoji": ("OpenMojiError",),
+    "datamodules.iconify": ("IconSetError",),
     "oneencoder.readers": ("MediaError",),
     "oneencoder.model": ("ModelFolderError",),
     "oneencoder.retrieval": ("NonFiniteEmbeddingError",),
@@ -133,6 +134,20 @@ def data_parser() -> ArgumentParser:
                               help=f"clips for {split} emoji (default: VIDEO_PER_SPLIT in datamodules/openmoji.py)")
     openmoji.add_argument("--workers", type=int, default=2, help="parallel tool calls")
     commands.add_subcommand("openmoji", openmoji)
+    corpus = ArgumentParser(
+        description="The demo's corpus: OpenMoji (as `data openmoji`) plus the same emoji in six more styles,"
+        " one held-out style (test only) and named icons, from Iconify's npm packages; every record has"
+        " `style`, `concept` and `source`, splits are by concept. Needs rsvg-convert, espeak-ng and npm."
+    )
+    corpus.add_argument("root", help="folder to write images/, audio/, video/, manifest.jsonl and corpus.json into")
+    corpus.add_argument("--seed", type=int, default=0)
+    corpus.add_argument("--size", type=Optional[int], default=None,
+                        help="image and video side in pixels, even (default: DEMO_SIZE in datamodules/corpus.py)")
+    corpus.add_argument("--icons_per_set", type=Optional[str], default="demo",
+                        help="icon concepts per icon set: a number, 'demo' (DEMO_ICONS_PER_SET) or 'all'")
+    corpus.add_argument("--frames", type=int, default=8, help="frames per OpenMoji clip")
+    corpus.add_argument("--workers", type=int, default=2, help="parallel tool calls")
+    commands.add_subcommand("corpus", corpus)
     convert = ArgumentParser(description="Convert a public dataset's own layout to a manifest, keeping its splits.")
     convert.add_argument("source", help=f"one of {sorted(SOURCES)}")
     convert.add_argument("root", help="the dataset's top folder as distributed")
@@ -143,7 +158,8 @@ def data_parser() -> ArgumentParser:
 
 def data_command(argv: Sequence[str]) -> None:
     args = data_parser().parse_args(list(argv))
-    {"shapes": _shapes, "shapes-av": _shapes_av, "openmoji": _openmoji, "convert": _convert}[args.subcommand](
+    {"shapes": _shapes, "shapes-av": _shapes_av, "openmoji": _openmoji, "corpus": _corpus,
+     "convert": _convert}[args.subcommand](
         args[args.subcommand])
 
 
@@ -174,6 +190,22 @@ def _openmoji(options: Namespace) -> None:
     print(f"wrote {manifest}")
     for split, counts in count_records(manifest).items():
         print(f"{split}: {counts['emoji']} emoji, {counts['clips']} clips")
+
+
+def _corpus(options: Namespace) -> None:
+    import logging
+
+    from datamodules.corpus import DEMO_ICONS_PER_SET, DEMO_SIZE, build_corpus, summary_table
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")  # per set: kept, matched, drawn, left out
+    per_set = {"demo": DEMO_ICONS_PER_SET, "all": None}.get(options.icons_per_set, options.icons_per_set)
+    if isinstance(per_set, str) and not per_set.isdigit():
+        raise ValueError(f"--icons_per_set takes a number, 'demo' or 'all' (got {per_set!r})")
+    manifest = build_corpus(options.root, seed=options.seed, size=options.size or DEMO_SIZE,
+                            icons_per_set=None if per_set is None else int(per_set), frames=options.frames,
+                            workers=options.workers)
+    print(f"wrote {manifest}")
+    print(summary_table(manifest.parent / "corpus.json"))
 
 
 def _convert(options: Namespace) -> None:
@@ -251,14 +283,22 @@ def evaluate_command(argv: Sequence[str]) -> None:
                         help="leave out records whose media file is missing or does not decode (logged), instead of failing")
     parser.add_argument("--max_image_pixels", type=Optional[int], default=DEFAULT_MAX_PIXELS,
                         help="images with more pixels are bad records (decompression bombs); null: no limit")
+    parser.add_argument("--where", action="append", default=None, metavar="KEY=VALUE",
+                        help="evaluate only the records whose field KEY is VALUE (e.g. style=openmoji); repeat"
+                        " for several fields, all of which must match")
     parser.add_argument("--output", default=None, help="folder for results.json and results.md")
     args = parser.parse_args(list(argv))
     if args.output and Path(args.output).exists() and not Path(args.output).is_dir():
         raise ValueError(f"--output {args.output} is a file; give a folder for results.json and results.md")
+    malformed = [item for item in args.where or [] if "=" not in item]
+    if malformed:
+        raise ValueError(f"--where {malformed[0]}: give a record field and a value as KEY=VALUE, e.g. style=openmoji")
+    where = dict(item.split("=", 1) for item in args.where) if args.where else None
     evaluation = evaluate_folder(args.model, args.manifest, args.split, modalities=args.modalities, ks=args.ks,
                                  batch_size=args.batch_size, num_workers=args.num_workers,
                                  video_backend=args.video_backend, templates=args.templates, classes=args.classes,
-                                 skip_bad_records=args.skip_bad_records, max_image_pixels=args.max_image_pixels)
+                                 skip_bad_records=args.skip_bad_records, max_image_pixels=args.max_image_pixels,
+                                 where=where)
     if args.output:
         evaluation.write(args.output)
     print(evaluation.markdown())
