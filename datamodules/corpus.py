@@ -193,7 +193,8 @@ def _icon_set(root: Path, prefix: str, package: tuple[str, str], seed: int, per_
     names: dict[str, str] = {}  # concept -> its plainest icon: the shortest name, then the first
     for name in sorted(icons.icons, key=lambda name: (len(name), name)):
         names.setdefault(icon_concept(name), name)
-    ranked = sorted(names, key=lambda concept: seeded_unit(seed, f"order {prefix}", concept))[:per_set]
+    # One order for every set, so that the sets' shares overlap: the same concepts in several icon styles.
+    ranked = sorted(names, key=lambda concept: seeded_unit(seed, "order icons", concept))[:per_set]
     records, drawings = [], []
     for concept in sorted(ranked):
         name, key = names[concept], f"icon:{concept}"
