@@ -13,6 +13,13 @@ identity and preprocessing settings, the video backend, the storage dtype) and e
 signature (a media file's path and content digest, see signatures.py; a caption's hash). A cache
 made differently is refused with what differs, never used; a build over a cache whose files changed
 or whose manifest gained records encodes again only the shards holding those items.
+
+An image cache built with `augment` (see augment.py) holds `views` items per image: view 0, keyed by
+the record id, is the plain image, then views 1, 2, ... keyed `<id>@<view>`, each augmented with a seed
+fixed by that key. The items are stored view after view, each view's in shards of its own, so view
+0's shards are exactly the shards of a cache without augmentation (a manifest grown by a shard's
+worth renumbers the later views' shards, which are then encoded again); the header records the
+settings under "reader".
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ import hashlib
 import json
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -38,6 +45,7 @@ from oneencoder.encoders import FrozenEncoder
 from oneencoder.files import atomic_write_text, atomic_write_with, exclusive_lock
 from oneencoder.readers import DEFAULT_MAX_PIXELS, MediaError, Reader, build_reader
 
+from .augment import AugmentedView, AugmentingReader, ImageAugment, view_seed
 from .manifest import BadRecordError, Record
 from .signatures import SignatureMemo
 
@@ -76,19 +84,37 @@ def text_key(record_id: str, caption_index: int) -> str:
     return f"{record_id}#{caption_index}"
 
 
+def view_key(record_id: str, view: int) -> str:
+    """View 0 is the plain image, keyed as in a cache without augmentation."""
+    return record_id if view == 0 else f"{record_id}@{view}"
+
+
+def pick_view(draw: int, views: int) -> int:
+    """The view a training draw reads. Derived from the draw, not `draw % views`: the draw also picks
+    the caption as `draw % captions`, and with 2 captions and 4 views the view's parity would always
+    follow the caption."""
+    return view_seed(f"view:{draw}") % views
+
+
 def signature_memo(folder: str | os.PathLike[str]) -> SignatureMemo:
     """The media signatures a cache folder's earlier builds and checks computed (see signatures.py)."""
     return SignatureMemo(Path(folder) / MEMO_NAME)
 
 
-def sources(records: Sequence[Record], modality: str, memo: SignatureMemo | None = None) -> list[Source]:
-    """Every item of `modality` in the records, in manifest order (captions one by one); `memo`
-    spares hashing media files unchanged since it saw them."""
+def sources(records: Sequence[Record], modality: str, memo: SignatureMemo | None = None,
+            augment: ImageAugment | None = None) -> list[Source]:
+    """Every item of `modality` in the records, in manifest order (captions one by one; with `augment`,
+    every image's view 0, then every image's view 1, ...); `memo` spares hashing media files unchanged
+    since it saw them."""
     if modality != "text":
         paths = [record.path(modality) for record in records]
         signatures = (memo or SignatureMemo(None)).signatures(paths)
-        return [Source(record.id, signature, path, record.where())
-                for record, path, signature in zip(records, paths, signatures)]
+        plain = [Source(record.id, signature, path, record.where())
+                 for record, path, signature in zip(records, paths, signatures)]
+        views = augment.views if augment is not None else 1
+        keyed = [(view_key(item.key, view), item) for view in range(1, views) for item in plain]
+        return plain + [Source(key, item.signature, AugmentedView(item.value, view_seed(key)), item.where)
+                        for key, item in keyed]
     items = []
     for record in records:
         for index, caption in enumerate(record.captions()):
@@ -123,6 +149,7 @@ def build_cache(
     items_per_shard: int = ITEMS_PER_SHARD,
     video_backend: str = "decord",
     max_image_pixels: int | None = DEFAULT_MAX_PIXELS,
+    augment: ImageAugment | None = None,
 ) -> Path:
     """Encode every item of `modality` once into `<root>/<modality>/`, or bring that cache up to date.
 
@@ -131,27 +158,32 @@ def build_cache(
     shards holding changed or new items), which gives what a fresh build gives. A cache made
     differently (another encoder, preprocessing, dtype, video backend or cache format) would lose
     every shard, so it raises StaleCacheError; with `overwrite` it is deleted and built anew.
-    Media are read the evaluation way (no random windows): one fixed encoding per item.
+    Media are read the evaluation way (no random windows): one fixed encoding per item, or with
+    `augment` (images only) `augment.views` of them (see the module's docstring).
     """
+    if augment is not None and modality != "image":
+        raise ValueError(f"augment applies to images, not to {modality!r}")
     folder = Path(root) / modality
     folder.mkdir(parents=True, exist_ok=True)
     with _build_lock(folder):
         memo = signature_memo(folder)
-        items = sources(records, modality, memo)
+        items = sources(records, modality, memo, augment)
         memo.save()
-        header = _header(modality, encoder, items, dtype, items_per_shard, video_backend)
-        kept = _shards_to_keep(folder, header, encoder, items, overwrite)
+        header = _header(modality, encoder, items, dtype, items_per_shard, video_backend, augment)
+        kept = _shards_to_keep(folder, header, encoder, items, augment, overwrite)
         if kept is None:
             return folder
         _remove_shards_except(folder, kept)
         atomic_write_text(folder / HEADER_NAME, json.dumps(header))
-        chunks = [items[start : start + items_per_shard] for start in range(0, len(items), items_per_shard)]
+        chunks = [items[shard.start : shard.stop] for shard in _shard_ranges(header)]
         todo = [(index, chunk) for index, chunk in enumerate(chunks) if index not in kept]
         if kept:
             log.info("%s: keeping %d of %d shards, encoding %d", folder, len(kept), len(chunks), len(todo))
         reader = None if modality == "text" else build_reader(
             modality, encoder.preprocessor, video_backend, max_image_pixels
         )
+        if augment is not None:
+            reader = AugmentingReader(reader, augment)
         settings = _EncodeSettings(encoder, reader, DTYPES[dtype], batch_size, num_workers, skip_bad_records, device)
         encoder.to(device)
         try:
@@ -174,7 +206,8 @@ def _build_lock(folder: Path) -> contextlib.AbstractContextManager[None]:
 
 
 def _shards_to_keep(
-    folder: Path, header: dict[str, Any], encoder: FrozenEncoder, items: list[Source], overwrite: bool
+    folder: Path, header: dict[str, Any], encoder: FrozenEncoder, items: list[Source], augment: ImageAugment | None,
+    overwrite: bool,
 ) -> set[int] | None:
     """Indices of the existing shards that stay valid under `header`; None when the cache is
     complete and serves `items` as it is."""
@@ -182,7 +215,7 @@ def _shards_to_keep(
         return set()
     try:
         cache = FeatureCache(folder)
-        cache.check_maker(encoder, header["dtype"], header["reader"].get("video_backend", "decord"))
+        cache.check_maker(encoder, header["dtype"], header["reader"].get("video_backend", "decord"), augment)
     except StaleCacheError as error:
         if not overwrite:
             raise
@@ -199,12 +232,25 @@ def _unchanged_shards(old: dict[str, Any], new: dict[str, Any]) -> set[int]:
     """Shards whose items (keys, order and signatures) are the same under both headers."""
     if old["items_per_shard"] != new["items_per_shard"]:
         return set()
-    size = new["items_per_shard"]
     before, after = list(old["sources"].items()), list(new["sources"].items())
-    return {
-        index for index in range(-(-len(after) // size))
-        if before[index * size : (index + 1) * size] == after[index * size : (index + 1) * size]
-    }
+    shards = zip(_shard_ranges(old), _shard_ranges(new))
+    return {index for index, (was, now) in enumerate(shards)
+            if before[was.start : was.stop] == after[now.start : now.stop]}
+
+
+def _views(header: dict[str, Any]) -> int:
+    """Items per record: `augment.views` in an augmented image cache, else 1."""
+    return header["reader"].get("augment", {}).get("views", 1)
+
+
+def _shard_ranges(header: dict[str, Any]) -> list[range]:
+    """The item positions each shard holds: each view's items (one view after another) in shards of
+    `items_per_shard` of their own, so that view 0's shards, and the batches encoding them, are a
+    cache's without augmentation."""
+    size, views = header["items_per_shard"], _views(header)
+    per_view = len(header["sources"]) // views
+    return [range(view * per_view + start, view * per_view + min(start + size, per_view))
+            for view in range(views) for start in range(0, per_view, size)]
 
 
 def _remove_shards_except(folder: Path, kept: set[int]) -> None:
@@ -216,9 +262,12 @@ def _remove_shards_except(folder: Path, kept: set[int]) -> None:
             shard.unlink()
 
 
-def _reader_settings(modality: str, video_backend: str) -> dict[str, Any]:
-    """The reading settings that change features without being the encoder's: the video decoder."""
-    return {"video_backend": video_backend} if modality == "video" else {}
+def _reader_settings(modality: str, video_backend: str, augment: ImageAugment | None = None) -> dict[str, Any]:
+    """The reading settings that change features without being the encoder's, as header.json holds
+    them: the video decoder, the images' augmentation."""
+    if modality == "video":
+        return {"video_backend": video_backend}
+    return _as_json({"augment": asdict(augment)}) if augment is not None else {}
 
 
 def _as_json(value: Any) -> Any:
@@ -227,7 +276,8 @@ def _as_json(value: Any) -> Any:
 
 
 def _header(
-    modality: str, encoder: FrozenEncoder, items: list[Source], dtype: str, items_per_shard: int, video_backend: str
+    modality: str, encoder: FrozenEncoder, items: list[Source], dtype: str, items_per_shard: int, video_backend: str,
+    augment: ImageAugment | None,
 ) -> dict[str, Any]:
     if dtype not in DTYPES:
         raise ValueError(f"cache dtype must be one of {sorted(DTYPES)} (got {dtype!r})")
@@ -236,7 +286,7 @@ def _header(
         "format_version": FORMAT_VERSION,
         "modality": modality,
         "encoder": {"fingerprint": encoder.fingerprint, **encoder.description},
-        "reader": _reader_settings(modality, video_backend),
+        "reader": _reader_settings(modality, video_backend, augment),
         "dim": encoder.dim,
         "dtype": dtype,
         "items_per_shard": items_per_shard,
@@ -354,9 +404,12 @@ class FeatureCache:
                 " version 2 signs media by path and content and records the video backend). Rebuild it:"
                 f" `oneencoder cache --overwrite --config <your stage config>`, or delete {self.folder}"
             )
-        num_items = len(self.header["sources"])
-        per_shard = self.header["items_per_shard"]
-        self.num_shards = -(-num_items // per_shard)
+        self.num_shards = len(_shard_ranges(self.header))
+        self.views = _views(self.header)
+        augment = self.header["reader"].get("augment")  # as built, for readers of view 0 that take any views
+        self.augment = None if augment is None else ImageAugment(
+            **{name: tuple(value) if isinstance(value, list) else value for name, value in augment.items()}
+        )
         self.missing_shards = [i for i in range(self.num_shards) if not _shard_path(self.folder, i).is_file()]
         self.index: dict[str, tuple[int, int, int]] = {}
         self.skipped: dict[str, str] = {}
@@ -383,15 +436,17 @@ class FeatureCache:
             offset += length
         self.skipped.update(skipped)
 
-    def check(self, encoder: FrozenEncoder, items: Sequence[Source], dtype: str = "float32", video_backend: str = "decord") -> None:
+    def check(self, encoder: FrozenEncoder, items: Sequence[Source], dtype: str = "float32",
+              video_backend: str = "decord", augment: ImageAugment | None = None) -> None:
         """Refuse (StaleCacheError) unless this cache holds every item, made by this encoder and
         these reading settings from these very files, complete."""
-        self.check_maker(encoder, dtype, video_backend)
+        self.check_maker(encoder, dtype, video_backend, augment)
         self.check_items(items)
 
-    def check_maker(self, encoder: FrozenEncoder, dtype: str, video_backend: str) -> None:
-        """Refuse a cache made by another encoder, preprocessing, dtype or video backend: none of its
-        shards can serve this config."""
+    def check_maker(self, encoder: FrozenEncoder, dtype: str, video_backend: str,
+                    augment: ImageAugment | None = None) -> None:
+        """Refuse a cache made by another encoder, preprocessing, dtype, video backend or image
+        augmentation: none of its shards can serve this config."""
         replace = (
             " Replace it with `oneencoder cache --overwrite --config <your stage config>` (deletes its"
             f" shards and encodes every item again), or delete {self.folder}, or point `feature_cache`"
@@ -404,9 +459,13 @@ class FeatureCache:
                 f"{self.folder} was built by another encoder or preprocessing ({cached['fingerprint']}, now"
                 f" {encoder.fingerprint}); what differs: {', '.join(differs) or 'the encoder class'}.{replace}"
             )
-        reader = _reader_settings(self.header["modality"], video_backend)
+        reader = _reader_settings(self.header["modality"], video_backend, augment)
         if self.header["reader"] != reader:
-            raise StaleCacheError(f"{self.folder} was decoded with {self.header['reader']}, the config asks for {reader}.{replace}")
+            differs = ", ".join(_differences(self.header["reader"], reader))
+            raise StaleCacheError(
+                f"{self.folder} was decoded with {self.header['reader']}, the config asks for {reader}; what"
+                f" differs: {differs}.{replace}"
+            )
         if dtype != self.header["dtype"]:
             raise StaleCacheError(f"{self.folder} stores {self.header['dtype']} features, the config asks for {dtype}.{replace}")
 

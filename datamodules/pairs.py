@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader
 from oneencoder.encoders import FrozenEncoder
 from oneencoder.readers import DEFAULT_MAX_PIXELS, READABLE, Reader, build_reader, check_video_backend
 
+from .augment import ImageAugment
 from .feature_cache import FeatureCache, build_cache, pad_features, signature_memo, sources
 from .manifest import BadRecordError, Record, read_manifests
 from .pairs_dataset import SKIP_HINT, PairCollator, PairDataset, Preprocess
@@ -53,7 +54,10 @@ class ManifestDataModule(LightningDataModule):
     (in `prepare_data`, by one process per node) and refused when it no longer matches the encoders or
     the files; `cache_dtype: float16` halves its size. It holds one encoding per item, read the
     evaluation way (the first `max_seconds`, frames spread over the whole video), so training from
-    it sees no random windows.
+    it sees no random windows. With `augment` (e.g. `augment: {views: 4}`; see augment.ImageAugment),
+    the image cache holds `views` views per image, view 0 the plain image: training reads the view
+    each item's draw picks, evaluation view 0. Augmentation lives only in the cache (fixed views,
+    encoded once), so `augment` without `feature_cache` is refused rather than silently ignored.
     """
 
     def __init__(
@@ -70,8 +74,14 @@ class ManifestDataModule(LightningDataModule):
         video_backend: str = "decord",
         max_image_pixels: int | None = DEFAULT_MAX_PIXELS,
         contained_paths: bool = False,
+        augment: ImageAugment | None = None,
     ) -> None:
         super().__init__()
+        if augment is not None and (feature_cache is None or "image" not in modalities):
+            raise ValueError(
+                "`augment` makes augmented views of images in the feature cache: it needs `feature_cache` and"
+                f" the image modality (modalities {list(modalities)}, feature_cache {feature_cache!r})"
+            )
         unknown = [m for m in modalities if m != "text" and m not in READABLE]
         if unknown:
             raise ValueError(f"no reader for modalities {unknown}; readable: {['text', *READABLE]}")
@@ -89,6 +99,7 @@ class ManifestDataModule(LightningDataModule):
         self.video_backend = video_backend
         self.max_image_pixels = max_image_pixels
         self.contained_paths = contained_paths
+        self.augment = augment
         self.splits: dict[str, list[Record]] = {}
         self.caches: dict[str, FeatureCache] = {}
         self.num_skipped_at_setup = 0
@@ -129,6 +140,7 @@ class ManifestDataModule(LightningDataModule):
                 batch_size=self.eval_batch_size, num_workers=self.num_workers,
                 skip_bad_records=self.skip_bad_records, device=device, overwrite=overwrite,
                 video_backend=self.video_backend, max_image_pixels=self.max_image_pixels,
+                augment=self._augment(modality),
             )
 
     def setup(self, stage: str | None = None) -> None:
@@ -158,10 +170,14 @@ class ManifestDataModule(LightningDataModule):
         caches = {}
         for modality in self.modalities:
             cache = FeatureCache(f"{self.cache_root(modality)}/{modality}")
-            items = sources(records, modality, signature_memo(cache.folder))
-            cache.check(self._encoders()[modality], items, self.cache_dtype, self.video_backend)
+            augment = self._augment(modality)
+            items = sources(records, modality, signature_memo(cache.folder), augment)
+            cache.check(self._encoders()[modality], items, self.cache_dtype, self.video_backend, augment)
             caches[modality] = cache
         return caches
+
+    def _augment(self, modality: str) -> ImageAugment | None:
+        return self.augment if modality == "image" else None
 
     def _usable_records(self) -> tuple[list[Record], int]:
         """The manifest's records that have every modality and pass the cheap checks, and how many did not."""

@@ -13,7 +13,7 @@ from torch.utils.data import Dataset
 
 from oneencoder.readers import MediaError, Reader
 
-from .feature_cache import FeatureCache, text_key
+from .feature_cache import FeatureCache, pick_view, text_key, view_key
 from .manifest import BadRecordError, Record
 
 log = logging.getLogger(__name__)
@@ -29,7 +29,8 @@ class PairDataset(Dataset):
     fixed way. `(index, draw)` is training (EpochSampler's keys): `draw` picks the one caption and
     seeds the readers' random windows, so the sampler alone decides an epoch, whichever worker reads
     which item. A row is raw (caption, image, ...), read by `readers`, or, for a modality in
-    `caches`, its cached token features.
+    `caches`, its cached token features: in training, of the view the draw picks from a cache of
+    several views per image (see feature_cache.pick_view), else of view 0, the plain image.
     """
 
     def __init__(
@@ -56,11 +57,11 @@ class PairDataset(Dataset):
             return [self.caches["text"][text_key(record.id, i)] for i in indices]
         return [captions[i] for i in indices]
 
-    def _media(self, record: Record, modality: str, rng: random.Random | None) -> Any:
+    def _media(self, record: Record, modality: str, draw: int | None, rng: random.Random | None) -> Any:
         cache = self.caches.get(modality)
         if cache is None:
             return self.readers[modality](record.path(modality), rng)
-        return cache[record.id]
+        return cache[view_key(record.id, 0 if draw is None else pick_view(draw, cache.views))]
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any] | None:
         index, draw = key if isinstance(key, tuple) else (key, None)
@@ -72,7 +73,7 @@ class PairDataset(Dataset):
                 item["text"] = self._captions(record, draw)
                 continue
             try:
-                item[modality] = [self._media(record, modality, rng)]
+                item[modality] = [self._media(record, modality, draw, rng)]
             except MediaError as error:
                 if self.skip_bad_records:
                     log.warning("skipping %s: %s", record.where(), error)

@@ -17,6 +17,7 @@ from conftest import tiny_encoder
 from PIL import Image
 
 import oneencoder.embeddings as embeddings_module
+from datamodules.augment import ImageAugment
 from datamodules.feature_cache import HEADER_NAME as CACHE_HEADER
 from datamodules.feature_cache import StaleCacheError, build_cache
 from datamodules.manifest import read_manifest
@@ -166,6 +167,19 @@ def test_a_feature_cache_replaces_encoding_and_another_encoders_is_refused(model
     with pytest.raises(StaleCacheError, match="another encoder.*drop --feature_cache"):
         embed_command([str(model_folder), str(manifest), str(tmp_path / "refused"), "--modality", "image",
                        "--feature_cache", str(cache)])
+
+
+def test_an_image_cache_with_augmented_views_serves_its_plain_view(model_folder, manifest, tmp_path):
+    model = OneEncoder.from_pretrained(model_folder)
+    train = [record for record in read_manifest(manifest) if record.split == "train"]
+    build_cache(tmp_path / "cache", "image", train, model.encoders["image"], items_per_shard=4,
+                augment=ImageAugment(views=2))
+    out = tmp_path / "out"
+    embed_command([str(model_folder), str(manifest), str(out), "--modality", "image", "--split", "train",
+                   "--feature_cache", str(tmp_path / "cache")])
+    header, tables = read_embeddings(out)
+    assert header["modalities"]["image"]["from_cache"] == 5
+    assert torch.allclose(tables["image"].vectors, _expected(model_folder, "image", tables["image"].rows), atol=1e-5)
 
 
 def test_bad_files_are_skipped_named_and_counted(model_folder, manifest, tmp_path, capsys):
