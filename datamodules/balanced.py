@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 from oneencoder.encoders import FrozenEncoder
 from oneencoder.readers import DEFAULT_MAX_PIXELS
 
+from .augment import ImageAugment
 from .pairs import ManifestDataModule, fit_epoch
 from .pairs_dataset import PairCollator, PairDataset
 from .sampling import BalancedBatchSampler, SourceBatch, loader_generator
@@ -30,6 +31,7 @@ class Source:
     modalities: tuple[str, str]
     feature_cache: str | None = None
     repeat: float = 1.0
+    augment: ImageAugment | None = None  # an image source's augmented views (see ManifestDataModule)
 
     def __post_init__(self) -> None:
         if len(self.modalities) != 2:
@@ -92,7 +94,7 @@ class BalancedDataModule(LightningDataModule):
                 source.manifest, source.modalities, batch_size=batch_size, eval_batch_size=eval_batch_size,
                 num_workers=num_workers, skip_bad_records=skip_bad_records, feature_cache=source.feature_cache,
                 cache_dtype=cache_dtype, encoders=encoders, video_backend=video_backend,
-                max_image_pixels=max_image_pixels, contained_paths=contained_paths,
+                max_image_pixels=max_image_pixels, contained_paths=contained_paths, augment=source.augment,
             )
             for source in self.sources
         ]
