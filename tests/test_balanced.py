@@ -17,6 +17,8 @@ from lightning.pytorch.trainer.states import RunningStage
 from test_cli import ROOT
 
 from datamodules import BalancedDataModule, PairCollator, Source
+from datamodules.augment import ImageAugment
+from datamodules.feature_cache import FeatureCache
 from datamodules.sampling import BalancedBatchSampler
 from datamodules.shapes import write_shapes_dataset
 from oneencoder import OneEncoder, OneEncoderConfig
@@ -122,6 +124,14 @@ def test_every_source_builds_and_reads_its_own_feature_cache(shapes, encoders, t
     assert all(set(b["inputs"][m]) == {"features", "mask"} for b in batches for m in b["modalities"])
 
 
+def test_an_image_source_caches_and_reads_its_augmented_views(shapes, encoders, tmp_path):
+    augment = ImageAugment(views=2)
+    sources = [Source(_source_manifest(shapes, "image", 4), PAIRS["image"], feature_cache=str(tmp_path), augment=augment)]
+    BalancedDataModule(sources, batch_size=2, num_workers=0, encoders=encoders).build_feature_cache("cpu")
+    assert FeatureCache(tmp_path / "image").views == 2  # a source without `augment` would refuse this cache
+    assert len(list(_data(sources, encoders).train_dataloader())) == 2
+
+
 def test_an_empty_batch_still_names_its_pair():
     batch = PairCollator({}, PAIRS["video"])([None, None])
     assert batch["modalities"] == PAIRS["video"] and batch["size"] == 0 and batch["num_skipped"] == 2
@@ -146,6 +156,8 @@ def test_settings_a_user_gets_wrong_are_named(shapes, encoders):
 RANK_SCRIPT = """
 import json, sys
 import torch.distributed as dist
+from datamodules.augment import ImageAugment
+from datamodules.feature_cache import FeatureCache
 from datamodules.sampling import BalancedBatchSampler
 rank, port = int(sys.argv[1]), sys.argv[2]
 dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
