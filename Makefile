@@ -67,8 +67,8 @@ demo: install $(CORPUS)  ## the main job: real bundled encoders on emoji in 7 st
 $(CORPUS_FULL): | $(VENV)/.installed
 	$(CLI) data corpus data/corpus-full --icons_per_set all
 
-demo-full: install  ## the demo on the whole corpus: every icon of the five icon sets (about 45 minutes on 2 cores)
-	@echo "demo-full: about 45 minutes on 2 CPU cores (a few on a GPU): corpus, caches, 3 stages, evaluation"
+demo-full: install  ## the demo on the whole corpus: every icon of the five icon sets (about 35 minutes on 2 cores)
+	@echo "demo-full: about 35 minutes on 2 CPU cores (estimated from the demo's rates): corpus, caches, 3 stages, evaluation"
 	$(MAKE) $(CORPUS_FULL)
 	$(CLI) pipeline configs/pipeline/demo_full.yaml
 

@@ -26,7 +26,6 @@ from typing import Any, Mapping
 from .iconify import IconSet, icon_concept, load_icon_set, words
 from .npm import fetch_package
 from .openmoji import (
-    AV_EVENTS_NAME,
     OPENMOJI_VERSION,
     VIDEO_PER_SPLIT,
     Emoji,
@@ -227,7 +226,7 @@ def build_corpus(
     icon_sets: Mapping[str, tuple[str, str]] = ICON_SETS,
 ) -> Path:
     """Writes the corpus under `root` (packages fetched into `root`/downloads): images/ (OpenMoji's at
-    the top, other sets in a folder each), audio/, video/, build.json, manifest.jsonl, AV_EVENTS_NAME and
+    the top, other sets in a folder each), audio/, video/, build.json, manifest.jsonl, av_events.jsonl (see write_av_events) and
     corpus.json (records per style and split, each source's package and license); returns the manifest.
     `icons_per_set`: how many icon concepts each icon set gives (None: all of them). The sets default to
     the module's tables (style or prefix -> npm package and version)."""

@@ -43,7 +43,7 @@ def _npm_pack(downloads: Path, archive: Path, spec: str, error: type[Exception],
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
     command = ["npm", "pack", spec, "--pack-destination", str(partial)]
-    result = subprocess.run(command, capture_output=True, text=True)
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
     packed = partial / archive.name
     if result.returncode != 0 or not packed.is_file():
         raise error(f"`{' '.join(command)}` failed ({result.stderr.strip() or result.stdout.strip()}); check the"
