@@ -104,12 +104,17 @@ def compare_page(pipelines: Sequence[PipelineResults]) -> str:
 
 
 def _data_note(pipelines: Sequence[PipelineResults]) -> list[str]:
-    data = {(p.results.get("manifest"), p.results.get("split")) for p in pipelines}
-    if len(data) == 1:
-        manifest, split = data.pop()
-        return [f"All evaluated on `{manifest}`, split `{split}`."]
-    where = "; ".join(f"{p.label}: `{p.results.get('manifest')}` ({p.results.get('split')})" for p in pipelines)
+    described = [_data(p.results) for p in pipelines]
+    if len(set(described)) == 1:
+        return [f"All evaluated on {described[0]}."]
+    where = "; ".join(f"{p.label}: {data}" for p, data in zip(pipelines, described))
     return [f"**The pipelines were evaluated on different data** ({where}): their figures do not compare."]
+
+
+def _data(results: dict[str, Any]) -> str:
+    """The records an evaluation ranked: manifest, split and record filter (`where`)."""
+    kept = ", ".join(f"{key}={value}" for key, value in sorted((results.get("where") or {}).items()))
+    return f"`{results.get('manifest')}`, split `{results.get('split')}`" + (f", records with {kept}" if kept else "")
 
 
 def _retrieval(pipelines: Sequence[PipelineResults]) -> list[str]:

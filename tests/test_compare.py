@@ -87,6 +87,15 @@ def test_the_page_sets_each_pipeline_s_own_figures_side_by_side(planted):
     assert "| image | 0.500 | 0.250 | 0.250 |" in routing
 
 
+def test_pipelines_evaluated_on_other_records_of_one_manifest_are_told_apart(planted, tmp_path):
+    filtered = {**_results((0.5, 0.9)), "where": {"style": "openmoji"}}
+    _write(tmp_path / "out/frozen/results.json", filtered)
+    assert "**The pipelines were evaluated on different data** (frozen: `m.jsonl`, split `test`, records with" \
+           " style=openmoji; moe: `m.jsonl`, split `test`)" in compare(planted)
+    _write(tmp_path / "out/moe/results.json", filtered)
+    assert "All evaluated on `m.jsonl`, split `test`, records with style=openmoji." in compare(planted)
+
+
 def test_a_pair_never_trained_together_is_starred(planted, tmp_path):
     results = _results((0.5, 0.9))
     results["metrics"]["audio->image/R@1"] = 0.05
