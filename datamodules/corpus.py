@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from .iconify import IconSet, icon_concept, load_icon_set, words
+from .iconify import NUMBERED, IconSet, icon_concept, load_icon_set, words
 from .npm import fetch_package
 from .openmoji import (
     OPENMOJI_VERSION,
@@ -137,7 +137,7 @@ class EmojiConcepts:
         return found
 
     def _by_name(self, name: str) -> str | None:
-        base = re.sub(r"-\d+$", "", name)
+        base = NUMBERED.sub("", name)
         for candidate in (base, FLAG_FOR.sub("flag-", base)):
             if _compact(candidate) in self.by_name:
                 return self.by_name[_compact(candidate)]
