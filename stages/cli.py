@@ -1,7 +1,7 @@
 """The `oneencoder` command: LightningCLI's fit / validate / test / predict for every stage, plus
 `oneencoder data ...` to build data sets, `oneencoder cache` to encode a stage's data once,
 `oneencoder pipeline` to chain stages, `oneencoder evaluate` for retrieval between all modalities,
-`oneencoder compare` to put finished pipelines' results side by side, `oneencoder generalize` for a
+`oneencoder report` to draw a results folder's figures again, `oneencoder compare` to put finished pipelines' results side by side, `oneencoder generalize` for a
 codebook's cross-modal generalisation, `oneencoder toc` to choose and store TOC's dimensions, and a
 trained model's use: `oneencoder embed` a collection, `oneencoder index` it, `oneencoder search` it from
 any modality, `oneencoder serve` a search page.
@@ -299,9 +299,31 @@ def evaluate_command(argv: Sequence[str]) -> None:
                                  video_backend=args.video_backend, templates=args.templates, classes=args.classes,
                                  skip_bad_records=args.skip_bad_records, max_image_pixels=args.max_image_pixels,
                                  where=where)
-    if args.output:
-        evaluation.write(args.output)
     print(evaluation.markdown())
+    if args.output:
+        from .report import write_report
+
+        evaluation.write(args.output)
+        print(f"report: {write_report(args.output)}")  # never None: the results were just written
+
+
+def report_command(argv: Sequence[str]) -> None:
+    from .report import write_report
+
+    parser = ArgumentParser(
+        prog="oneencoder report",
+        description="Draw a results folder's figures (retrieval, joint space, similarity, zero-shot confusion,"
+        " training curves, forgetting, router weights, codebook usage) into FOLDER/figures, FOLDER/report.html"
+        " and results.md, from what the run saved there: nothing is recomputed.",
+    )
+    parser.add_argument("folder", help="a pipeline's `output` or the --output of `oneencoder evaluate`")
+    parser.add_argument("--seed", type=int, default=0, help="the t-SNE map's and the sampled records' seed")
+    args = parser.parse_args(list(argv))
+    report = write_report(args.folder, args.seed)
+    if report is None:
+        raise FileNotFoundError(f"{args.folder}: no results.json, forgetting.json or training logs to draw; run an"
+                                " evaluation (`oneencoder evaluate ... --output FOLDER`) or a pipeline into it first")
+    print(f"report: {report}")
 
 
 def compare_command(argv: Sequence[str]) -> None:
@@ -464,7 +486,7 @@ def serve_command(argv: Sequence[str]) -> None:
 
 
 TOOL_COMMANDS = {"data": data_command, "cache": cache_command, "pipeline": pipeline_command,
-                 "evaluate": evaluate_command, "compare": compare_command, "generalize": generalize_command,
+                 "evaluate": evaluate_command, "report": report_command, "compare": compare_command, "generalize": generalize_command,
                  "toc": toc_command, "embed": embed_command, "index": index_command, "search": search_command,
                  "serve": serve_command}
 

@@ -39,6 +39,7 @@ from oneencoder.zero_shot import (
 )
 
 from .markdown import routing_table, table
+from .report_data import ReportData, embeddings_path
 
 if TYPE_CHECKING:
     from .style_eval import StyleEvaluation
@@ -94,6 +95,7 @@ class Evaluation:
     zero_shot: list[ZeroShotResult] = field(default_factory=list)
     routing: dict[str, list[float]] = field(default_factory=dict)  # modality -> mean weight per expert (MoE)
     where: dict[str, str] | None = None
+    report_data: ReportData | None = None  # what the figures need besides results.json (stages/report.py)
 
     def to_dict(self) -> dict[str, Any]:
         """results.json: flat metric names (`audio->image/R@1`) with the chance levels beside them."""
@@ -162,6 +164,10 @@ class Evaluation:
         return ["", title, "", *table(columns, rows)]
 
     def write(self, folder: str | os.PathLike[str], extra: dict[str, Any] | None = None, stem: str = "results") -> None:
+        """<stem>.md, <stem>-embeddings.safetensors (when embedded here), then <stem>.json."""
+        if self.report_data is not None:
+            Path(folder).mkdir(parents=True, exist_ok=True)
+            self.report_data.save(embeddings_path(folder, stem))
         write_results(folder, self.markdown(), {**self.to_dict(), **(extra or {})}, stem)
 
 
@@ -323,16 +329,27 @@ def evaluate(
             evaluation.results.append(pair_result(a, b, embedded[a], embedded[b], ks))
         elif a < b:
             evaluation.unpaired.append(f"{a}-{b}")
+    labels = [r.fields.get("label") for r in records]
+    evaluation.report_data = ReportData([record_name(r) for r in records], labels,
+                                        {m: e.embeddings for m, e in embedded.items()},
+                                        {m: e.owners for m, e in embedded.items()})
     names = _classes(records, classes, str(manifest))
     if names:
         prototypes = class_embeddings(model, names, templates, batch_size)
         check_finite(prototypes, "text (class prompt)")
-        labels = [r.fields.get("label") for r in records]
+        evaluation.report_data.classes, evaluation.report_data.prototypes = list(names), prototypes
         for m in present:
             result = None if m == "text" else zero_shot_result(m, embedded[m], labels, names, prototypes, len(templates))
             if result is not None:
                 evaluation.zero_shot.append(result)
     return evaluation
+
+
+def record_name(record: Record) -> str:
+    """A record as a figure labels it: its first caption, else its id."""
+    text = record.fields.get("text")
+    caption = text[0] if isinstance(text, list) and text else text
+    return caption if isinstance(caption, str) and caption.strip() else record.id
 
 
 def split_records(manifest: str, split: str, where: Mapping[str, str] | None = None) -> list[Record]:

@@ -26,6 +26,8 @@ Each evaluation writes `<output>/results[-<name>].json|.md` for the final model.
 `<output>/<stage>/results[-<name>].json|.md`, with the same caching by digest, and the forgetting table
 (stages/forgetting.py) goes to `<output>/forgetting[-<name>].json|.md`; an evaluation `by` a record field
 (per style) runs on the final model only: the forgetting table compares the plain evaluations' pairs.
+Last, the report (stages/report.py): every figure those results and the stages' training logs allow, in
+`<output>/figures/`, `<output>/report.html` and results.md.
 
 Each stage runs in its own process, so a multi-GPU stage launches DDP exactly as `oneencoder fit`
 does; a stage with a feature cache (any of its sources) has it built (or checked) first by
@@ -45,6 +47,7 @@ import itertools
 import json
 import logging
 import os
+import shutil
 import signal
 import sys
 import time
@@ -56,7 +59,7 @@ import yaml
 
 from datamodules.manifest import MEDIA_FIELDS, BadRecordError, ManifestError, manifest_paths, read_manifests
 from datamodules.signatures import SignatureMemo
-from oneencoder.files import atomic_write_text, exclusive_lock
+from oneencoder.files import atomic_write_text, atomic_write_with, exclusive_lock
 
 from .config_merge import merge_stage_configs
 from .processes import run_child
@@ -641,6 +644,10 @@ def run_pipeline(path: str | os.PathLike[str]) -> Path:
         print((output / f"{_results_stem(evaluation)}.md").read_text())
         if spec.evaluate_each_stage and evaluation.by is None:  # a forgetting table compares pairs of modalities
             _evaluate_each_stage(evaluation, output, models, final_results)
+    from .report import write_report
+
+    report = write_report(output)
+    print(f"[pipeline] report: {report}" if report else "[pipeline] report: no results, forgetting or training logs to draw")
     return final.folder
 
 
@@ -668,6 +675,7 @@ def _evaluate(spec: EvaluationSpec, output: Path, folder: Path, model: StageMode
     data are there already (or in `reuse`, then copied); returns the results.json path. A stage's
     model (`of_stage`) is evaluated on those of the listed modalities it has."""
     from .evaluate import evaluate_folder
+    from .report_data import embeddings_path
 
     settings = dataclasses.asdict(spec)
     name = settings.pop("name")
@@ -681,10 +689,15 @@ def _evaluate(spec: EvaluationSpec, output: Path, folder: Path, model: StageMode
                                     sort_keys=True).encode()).hexdigest()
     stem = _results_stem(spec)
     results_path = folder / f"{stem}.json"
-    if (read_json(results_path) or {}).get("hash") == key:
+    # A plain evaluation's figures need its embeddings too (results written before they were saved lack them).
+    embeddings = None if spec.by is not None else embeddings_path(folder, stem)
+    if (read_json(results_path) or {}).get("hash") == key and (embeddings is None or embeddings.exists()):
         print(f"[pipeline] {label}: done earlier for this model and manifest ({results_path})")
-    elif reuse is not None and reuse != results_path and (read_json(reuse) or {}).get("hash") == key:
+    elif reuse is not None and reuse != results_path and (read_json(reuse) or {}).get("hash") == key and (
+            embeddings is None or embeddings_path(reuse.parent, stem).exists()):
         folder.mkdir(parents=True, exist_ok=True)
+        if embeddings is not None:
+            atomic_write_with(embeddings, lambda tmp: shutil.copyfile(embeddings_path(reuse.parent, stem), tmp))
         for suffix in (".md", ".json"):  # the json, which says the results are there, last
             atomic_write_text(folder / f"{stem}{suffix}", reuse.with_suffix(suffix).read_text())
         print(f"[pipeline] {label}: the same model as {reuse}, results copied")
