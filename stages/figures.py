@@ -110,7 +110,7 @@ def style_chart(results: Mapping[str, Any], pair: str = "text->image", k: str = 
     ax.set_ylabel(k)
     ax.grid(axis="y", alpha=0.3)
     ax.set_title(f"{pair} {k} per {results.get('by', 'style')} (black: chance; hatched: never trained on)", fontsize=10)
-    return Plot("styles", f"{pair} {k} within each {results.get('by', 'style')}, chance as a black tick; hatched"
+    return Plot("within", f"{pair} {k} within each {results.get('by', 'style')}, chance as a black tick; hatched"
                 " styles are held out of training", {"pair": pair, "metric": k, "styles": rows}, figure)
 
 

@@ -71,6 +71,7 @@ MODEL_FILES = ("model.safetensors", "config.json")  # what ExportPretrained writ
 MEDIA_MEMO = ".media-signatures.json"
 CHECKPOINTS = "checkpoints"
 START = "start"  # start_from's model, among the stages whose results are compared
+STALE = ".stale-"  # a stage folder set aside when its stage runs again: `<name>.stale-<hash>`
 
 
 class PipelineError(RuntimeError):
@@ -488,10 +489,10 @@ class StageRun:
 
     def _set_aside(self, state: dict[str, Any] | None, reason: str) -> None:
         old = (state or {}).get("hash", "unknown")[:8]
-        target = self.folder.with_name(f"{self.folder.name}.stale-{old}")
+        target = self.folder.with_name(f"{self.folder.name}{STALE}{old}")
         suffix = 1
         while target.exists():
-            target = self.folder.with_name(f"{self.folder.name}.stale-{old}-{suffix}")
+            target = self.folder.with_name(f"{self.folder.name}{STALE}{old}-{suffix}")
             suffix += 1
         print(f"[pipeline] {self.spec.name}: {reason}; keeping the old output as {target}")
         self.folder.rename(target)

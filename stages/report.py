@@ -31,6 +31,7 @@ from oneencoder.model import CONFIG_NAME, WEIGHTS_NAME
 
 from . import figures
 from .figures import Plot
+from .pipeline import STALE
 from .report_data import ReportData, embeddings_path
 
 if TYPE_CHECKING:
@@ -40,6 +41,9 @@ FIGURES = "figures"
 HTML = "report.html"
 FIGURES_MARK = "<!-- figures: written by `oneencoder report`; everything below is redrawn with the figures -->"
 DPI = 100  # 8-inch figures: 800 px, a README's width
+STYLE = ("body{font-family:sans-serif;max-width:900px;margin:2em auto;padding:0 1em}"
+         "table{border-collapse:collapse;font-size:0.85em}td,th{border:1px solid #ccc;padding:2px 6px}"
+         "img{max-width:100%}figure{margin:2em 0}figcaption{font-size:0.9em;color:#444}")
 LOGS = "lightning_logs"
 
 
@@ -107,11 +111,13 @@ def _named(suffix: str, plots: list[Plot | None]) -> Iterator[Plot]:
 
 def stage_folders(folder: Path) -> list[Path]:
     """FOLDER itself when it is a stage's, and its sub-folders that are stages' (with training logs or a
-    model), in the order they were trained (their config.yaml's time)."""
+    model; not those a pipeline set aside as stale), in the order they were trained (their config.yaml's
+    time)."""
     def is_stage(path: Path) -> bool:
         return (path / LOGS).is_dir() or (path / WEIGHTS_NAME).is_file()
 
-    stages = [path for path in sorted(folder.iterdir()) if path.is_dir() and path.name != FIGURES and is_stage(path)]
+    stages = [path for path in sorted(folder.iterdir())
+              if path.is_dir() and path.name != FIGURES and STALE not in path.name and is_stage(path)]
     stages.sort(key=lambda path: (path / "config.yaml").stat().st_mtime if (path / "config.yaml").exists() else 0)
     return ([folder] if is_stage(folder) else []) + stages
 
@@ -160,7 +166,8 @@ def add_figures_section(results_md: Path, plots: list[Plot]) -> None:
     text = results_md.read_text().split(FIGURES_MARK)[0].rstrip("\n")
     lines = [text, "", FIGURES_MARK, "", "## Figures", "", f"All of them, with the tables, in [{HTML}]({HTML}).", ""]
     for plot in plots:
-        lines += [f"![{plot.caption}]({FIGURES}/{plot.name}.png)", "", f"*{plot.caption}.*", ""]
+        caption = plot.caption[:1].upper() + plot.caption[1:]
+        lines += [f"![{caption}]({FIGURES}/{plot.name}.png)", "", f"*{caption}.*", ""]
     atomic_write_text(results_md, "\n".join(lines))
 
 
@@ -180,8 +187,6 @@ def report_html(folder: Path, plots: list[Plot], images: dict[str, bytes]) -> st
     title = f"oneencoder report: {html.escape(str(folder))}"
     return "\n".join([
         "<!doctype html>", '<html lang="en"><head><meta charset="utf-8">', f"<title>{title}</title>",
-        "<style>body{font-family:sans-serif;max-width:900px;margin:2em auto;padding:0 1em}"
-        "table{border-collapse:collapse;font-size:0.85em}td,th{border:1px solid #ccc;padding:2px 6px}"
-        "img{max-width:100%}figure{margin:2em 0}figcaption{font-size:0.9em;color:#444}</style>",
+        f"<style>{STYLE}</style>",
         "</head><body>", f"<h1>{title}</h1>", "<h2>Figures</h2>", *shown, *tables, "</body></html>", "",
     ])

@@ -36,6 +36,7 @@ from oneencoder.readers import MediaError
 
 from .embed import EXTENSIONS as FOLDER_EXTENSIONS
 from .playable import needs_transcoding, webm
+from .report import HTML
 
 STATIC = Path(__file__).with_name("static")
 DEFAULT_MAX_UPLOAD_BYTES = 64 * 2**20  # a minute of 1080p video, an hour of mp3, any photo
@@ -92,6 +93,12 @@ def too_large_response(limit: int) -> JSONResponse:
                                    f"--max_upload_mb"}, status_code=413)
 
 
+def model_report(model_folder: Path) -> Path | None:
+    """The report of the run that made the model: in its folder (`oneencoder evaluate --output`) or in
+    the pipeline's output around it."""
+    return next((folder / HTML for folder in (model_folder, model_folder.parent) if (folder / HTML).is_file()), None)
+
+
 def create_app(model_folder: str | Path, index_folder: str | Path,
                max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES) -> FastAPI:
     """The search app over `index_folder`, embedding queries with the model in `model_folder`.
@@ -105,6 +112,7 @@ def create_app(model_folder: str | Path, index_folder: str | Path,
     model = OneEncoder.from_pretrained(model_folder).eval()
     index.check_model(model.fingerprint())
     searcher = Searcher(index, model)
+    report = model_report(Path(model_folder))
 
     app = FastAPI(title="oneencoder search", docs_url=None, redoc_url=None, openapi_url=None)
     app.add_middleware(UploadLimit, limit=max_upload_bytes)
@@ -124,7 +132,15 @@ def create_app(model_folder: str | Path, index_folder: str | Path,
         return {"query_modalities": searcher.query_modalities, "indexed": searcher.indexed,
                 "extensions": {m: list(EXTENSIONS[m]) for m in searcher.query_modalities if m in EXTENSIONS},
                 "max_upload_bytes": max_upload_bytes, "max_text_chars": MAX_TEXT_CHARS,
-                "max_k": MAX_K, "default_k": DEFAULT_K, "model_fingerprint": index.model_fingerprint}
+                "max_k": MAX_K, "default_k": DEFAULT_K, "model_fingerprint": index.model_fingerprint,
+                "report": "/report" if report else None}
+
+    @app.get("/report", include_in_schema=False)
+    async def report_page() -> FileResponse:
+        """The model's report (stages/report.py), when its run wrote one."""
+        if report is None:
+            raise HTTPException(404, f"no {HTML} beside the model {model_folder}: draw it with `oneencoder report`")
+        return FileResponse(report)
 
     @app.post("/api/search")
     async def search(request: Request) -> dict[str, Any]:

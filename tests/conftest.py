@@ -8,6 +8,7 @@ import os
 # test imports transformers, or a test of a missing model waits on network retries.
 os.environ["HF_HUB_OFFLINE"] = "1"
 
+import json  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest
@@ -54,3 +55,16 @@ def tiny_model() -> OneEncoder:
 @pytest.fixture(scope="session")
 def shapes_manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_shapes_dataset(tmp_path_factory.mktemp("shapes"), train_per_combo=4)
+
+
+@pytest.fixture
+def labelled_manifest(shapes_manifest: Path) -> Path:
+    """The shapes set's test records with their colour as `label`; image-only and caption-only records
+    besides, which share no pair."""
+    records = [r for r in map(json.loads, shapes_manifest.read_text().splitlines()) if r["split"] == "test"]
+    lines = [{**r, "label": r["id"].split("-")[0]} for r in records]
+    lines += [{"id": "lone-image", "split": "test", "image": records[0]["image"]},
+              {"id": "lone-caption", "split": "test", "text": "a red circle"}]
+    path = shapes_manifest.parent / "labelled.jsonl"
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return path

@@ -155,19 +155,6 @@ def test_zero_shot_accuracy_chance_and_majority_on_planted_items():
     assert zero_shot_result("image", wrong, labels, classes, prototypes, 1).metrics["acc@1"] == 0.0
 
 
-@pytest.fixture
-def labelled_manifest(shapes_manifest):
-    """The shapes set's test records with their colour as `label`; image-only and caption-only records
-    besides, which share no pair."""
-    records = [r for r in map(json.loads, shapes_manifest.read_text().splitlines()) if r["split"] == "test"]
-    lines = [{**r, "label": r["id"].split("-")[0]} for r in records]
-    lines += [{"id": "lone-image", "split": "test", "image": records[0]["image"]},
-              {"id": "lone-caption", "split": "test", "text": "a red circle"}]
-    path = shapes_manifest.parent / "labelled.jsonl"
-    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
-    return path
-
-
 def test_evaluation_classifies_labelled_records_zero_shot(tiny_model, labelled_manifest):
     evaluation = evaluate(tiny_model, str(labelled_manifest), templates=["{}", "a {} shape"])
     (result,) = evaluation.zero_shot

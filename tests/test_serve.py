@@ -27,6 +27,7 @@ from datamodules.shapes import COLOURS, SAMPLING_RATE, SHAPES, captions, clip, d
 from oneencoder import OneEncoder, OneEncoderConfig
 from oneencoder.index import build_index
 from stages.embed import embed_command
+from stages.report import HTML
 from stages.serve import create_app
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -204,6 +205,18 @@ def test_media_of_a_row_whose_file_is_gone_is_a_404_saying_so(client, collection
         assert "indexed from a file that is gone" in client.get(f"/media/audio/{row}").json()["detail"]
     finally:
         hidden.rename(path)
+
+
+def test_the_page_links_the_report_of_the_run_around_the_model_only_when_there_is_one(client, collection):
+    assert client.get("/api/info").json()["report"] is None
+    assert "oneencoder report" in client.get("/report").json()["detail"]
+    (collection.root / HTML).write_text("<html>the run's figures</html>")  # the pipeline's output around the model
+    try:
+        with TestClient(create_app(collection.model, collection.index)) as with_report:
+            assert with_report.get("/api/info").json()["report"] == "/report"
+            assert with_report.get("/report").text == "<html>the run's figures</html>"
+    finally:
+        (collection.root / HTML).unlink()
 
 
 def test_the_server_refuses_to_start_with_another_models_index(collection, tmp_path, capsys):

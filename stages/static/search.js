@@ -21,6 +21,7 @@ async function loadInfo() {
   const indexed = Object.entries(info.indexed).map(([m, n]) => `${n} ${m}`).join(", ");
   $("about").textContent = `index: ${indexed} · queries: ${info.query_modalities.join(", ")} · `
     + `uploads up to ${mebibytes(info.max_upload_bytes)}`;
+  $("report").hidden = !info.report;
   $("k").value = info.default_k;
   $("k").max = info.max_k;
   $("text").maxLength = info.max_text_chars;
