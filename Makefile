@@ -61,7 +61,7 @@ pipeline: install $(SHAPES)  ## up -> align audio -> align video, then retrieval
 $(CORPUS): | $(VENV)/.installed
 	$(CLI) data corpus data/corpus
 
-demo: install $(CORPUS)  ## the main job: real bundled encoders on emoji in 7 styles + icons, up -> audio -> video, evaluate
+demo: install $(CORPUS)  ## the main job: real bundled encoders on emoji in 7 styles + icons, up -> audio -> video, evaluate, report
 	$(CLI) pipeline configs/pipeline/demo.yaml
 
 $(CORPUS_FULL): | $(VENV)/.installed

@@ -53,12 +53,14 @@ def _figure(height: float) -> Figure:
     return Figure(figsize=(WIDTH, height), layout="constrained")
 
 
-def recall_chart(results: Mapping[str, Any], ks: Sequence[str] | None = None) -> Plot:
+def recall_chart(results: Mapping[str, Any], ks: Sequence[str] | None = None) -> Plot | None:
     """R@k per directed pair as grouped bars, chance as a black tick over each bar; pairs never
     trained together (transitive) hatched and named so."""
     metrics, chance = results["metrics"], results["chance"]
     pairs = list(dict.fromkeys(key.rsplit("/", 1)[0] for key in metrics))
     ks = list(ks or [k for k in dict.fromkeys(key.rsplit("/", 1)[1] for key in metrics) if k.startswith("R@")])
+    if not pairs or not ks:  # an evaluation of zero-shot classification only
+        return None
     trained = {frozenset(pair) for pair in results.get("trained_pairs", [])} if "trained_pairs" in results else None
     rows = {}
     for pair in pairs:

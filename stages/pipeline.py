@@ -26,8 +26,8 @@ Each evaluation writes `<output>/results[-<name>].json|.md` for the final model.
 `<output>/<stage>/results[-<name>].json|.md`, with the same caching by digest, and the forgetting table
 (stages/forgetting.py) goes to `<output>/forgetting[-<name>].json|.md`; an evaluation `by` a record field
 (per style) runs on the final model only: the forgetting table compares the plain evaluations' pairs.
-Last, the report (stages/report.py): every figure those results and the stages' training logs allow, in
-`<output>/figures/`, `<output>/report.html` and results.md.
+Last, unless `report: false`, the report (stages/report.py): every figure those results and the stages'
+training logs allow, in `<output>/figures/`, `<output>/report.html` and results.md.
 
 Each stage runs in its own process, so a multi-GPU stage launches DDP exactly as `oneencoder fit`
 does; a stage with a feature cache (any of its sources) has it built (or checked) first by
@@ -124,13 +124,15 @@ NOT_BY = ("modalities", "templates", "classes")  # what an evaluation `by` a fie
 class PipelineSpec:
     """`start_from`: an exported model folder (another pipeline's stage) the first stage starts from.
     `evaluate_each_stage`: every evaluation also runs on each stage's model (and start_from's), and
-    the forgetting table compares them (stages/forgetting.py)."""
+    the forgetting table compares them (stages/forgetting.py). `report`: draw the report at the end
+    (stages/report.py; false: the tables only)."""
 
     output: str
     stages: list[StageSpec]
     evaluation: list[EvaluationSpec] = field(default_factory=list)
     start_from: str | None = None
     evaluate_each_stage: bool = False
+    report: bool = True
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> PipelineSpec:
@@ -155,8 +157,9 @@ class PipelineSpec:
         names = [s.name for s in spec.stages]
         if len(set(names)) != len(names):
             raise PipelineError(f"{path}: stage names must be unique (got {names})")
-        if not isinstance(spec.evaluate_each_stage, bool):
-            raise PipelineError(f"{path}: `evaluate_each_stage` is true or false (got {spec.evaluate_each_stage!r})")
+        for flag in ("evaluate_each_stage", "report"):
+            if not isinstance(getattr(spec, flag), bool):
+                raise PipelineError(f"{path}: `{flag}` is true or false (got {getattr(spec, flag)!r})")
         if spec.start_from is not None and START in names:
             raise PipelineError(f"{path}: the stage name {START!r} is the start_from model's in the results; rename"
                                 " that stage")
@@ -645,10 +648,11 @@ def run_pipeline(path: str | os.PathLike[str]) -> Path:
         print((output / f"{_results_stem(evaluation)}.md").read_text())
         if spec.evaluate_each_stage and evaluation.by is None:  # a forgetting table compares pairs of modalities
             _evaluate_each_stage(evaluation, output, models, final_results)
-    from .report import write_report
+    if spec.report:
+        from .report import write_report
 
-    report = write_report(output)
-    print(f"[pipeline] report: {report}" if report else "[pipeline] report: no results, forgetting or training logs to draw")
+        report = write_report(output)
+        print(f"[pipeline] report: {report}" if report else "[pipeline] report: no results, forgetting or training logs to draw")
     return final.folder
 
 

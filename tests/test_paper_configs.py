@@ -213,7 +213,8 @@ def test_paper_pipelines_run_one_step_per_stage_and_report_each_table(paper_work
     printed = "".join(_pipeline(f"configs/paper/{name}.yaml", paper_workdir) for name in PIPELINES)
     assert printed.count("feature cache ready") == 3  # built before fit, one process per stage
     out = paper_workdir / "outputs/paper"
-    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["align-audio", "align-video", "up"]
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["align-audio", "align-video", "figures", "up"]
+    assert (out / "report.html").is_file()  # every evaluation's figures, the zero-shot-only ones included
     results = {p.stem.removeprefix("results-"): json.loads(p.read_text()) for p in out.glob("results-*.json")}
     assert set(results) == {"cifar10-zero-shot", "coco-5k", "flickr30k-1k", "librispeech", "esc50-zero-shot",
                             "msrvtt-1k-a"}

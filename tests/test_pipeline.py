@@ -28,7 +28,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _pipeline(tmp_path, stages, **extra):
     path = tmp_path / "pipeline.yaml"
-    path.write_text(yaml.safe_dump({"output": str(tmp_path / "out"), "stages": stages, **extra}))
+    # The report has tests of its own, and one here (the forgetting table's); drawing it in every test costs a minute.
+    path.write_text(yaml.safe_dump({"output": str(tmp_path / "out"), "stages": stages, "report": False, **extra}))
     return path
 
 
@@ -380,9 +381,12 @@ def test_start_from_must_hold_a_model_and_feed_a_stage_that_starts_from_one(tmp_
 def test_each_stage_is_evaluated_once_and_the_forgetting_table_follows_the_trained_pairs(two_stages, fake_fit, capsys):
     output = two_stages.parent / "out"
     config = yaml.safe_load(two_stages.read_text())
-    two_stages.write_text(yaml.safe_dump({**config, "evaluate_each_stage": True}))
+    two_stages.write_text(yaml.safe_dump({**config, "evaluate_each_stage": True, "report": True}))
     run_pipeline(two_stages)
     printed = capsys.readouterr().out
+    assert f"[pipeline] report: {output / 'report.html'}" in printed
+    assert {"recall", "joint-space", "similarity", "zero-shot", "forgetting"} <= set(
+        json.loads((output / "figures/figures.json").read_text()))
     assert "evaluation of stage up: " in printed and f"the same model as {output / 'results.json'}" in printed
     up = json.loads((output / "up/results.json").read_text())
     assert up["trained_pairs"] == [["image", "text"]]
