@@ -165,7 +165,7 @@ paper-codebook: paper-audio-text $(PAPER)/ave.jsonl $(PAPER)/ucf101_shared.jsonl
 test: install  ## fast test suite (under 5 minutes on 2 cores)
 	$(PY) -m pytest -q
 
-test-slow: install  ## only the slow tests: DDP launches, the pipeline killed and resumed (about 5 minutes)
+test-slow: install  ## only the slow tests: DDP launches, the pipeline killed and resumed, the paper pipelines (about 8 minutes)
 	$(PY) -m pytest -q -m slow
 
 test-full: install  ## every test, slow ones (DDP launches, full stage runs) included

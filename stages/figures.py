@@ -10,6 +10,7 @@ Tableau colour-blind palettes, and draws chance wherever it plots a metric. matp
 from __future__ import annotations
 
 import itertools
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -151,13 +152,11 @@ def joint_space(data: ReportData, seed: int = 0, limit: int = MAX_POINTS) -> Plo
     owners = np.concatenate([data.owners[m][rows[m]].numpy() for m in modalities])
     of = np.concatenate([[m] * int(rows[m].sum()) for m in modalities])
     xy = tsne_2d(points, seed)
-    counts = {}
-    for owner in owners.tolist():
-        counts[owner] = counts.get(owner, 0) + 1
+    counts = Counter(owners.tolist())
     linked = sorted((o for o, c in counts.items() if c > 1), key=lambda o: (-counts[o], o))
     linked = sorted(np.random.default_rng(seed).permutation(linked[: 4 * LINKED_RECORDS])[:LINKED_RECORDS].tolist())
     labels = [data.labels[o] for o in owners.tolist()]
-    common = [label for label, _ in sorted(_count(label for label in labels if label is not None).items(),
+    common = [label for label, _ in sorted(Counter(label for label in labels if label is not None).items(),
                                            key=lambda item: (-item[1], item[0]))[: len(COLORBLIND10)]]
     figure = _figure(4.6)
     by_modality, by_label = figure.subplots(1, 2)
@@ -188,13 +187,6 @@ def joint_space(data: ReportData, seed: int = 0, limit: int = MAX_POINTS) -> Plo
                  "linked": linked, "labels": common}, figure)
 
 
-def _count(values: Any) -> dict[Any, int]:
-    counts: dict[Any, int] = {}
-    for value in values:
-        counts[value] = counts.get(value, 0) + 1
-    return counts
-
-
 def similarity_matrix(data: ReportData, seed: int = 0, records: int = SIMILARITY_RECORDS) -> Plot:
     """Cosine similarity between the items of `records` test records that have the most modalities,
     one item per record and modality, in blocks by modality: each off-diagonal block's diagonal is
@@ -204,7 +196,7 @@ def similarity_matrix(data: ReportData, seed: int = 0, records: int = SIMILARITY
     for m in modalities:
         for row, owner in enumerate(data.owners[m].tolist()):
             first[m].setdefault(owner, row)
-    have = _count(owner for m in modalities for owner in first[m])
+    have = Counter(owner for m in modalities for owner in first[m])
     most = max(have.values())
     candidates = sorted(owner for owner, n in have.items() if n == most)
     chosen = sorted(np.random.default_rng(seed).permutation(candidates)[:records].tolist())
@@ -298,9 +290,10 @@ def training_curves(stage: str, scalars: Mapping[str, Sequence[tuple[int, float]
                 figure)
 
 
-def forgetting_plot(table: Mapping[str, Any], metric: str = "R@10") -> Plot | None:
+def forgetting_plot(table: Mapping[str, Any], chance: Mapping[str, float], metric: str = "R@10") -> Plot | None:
     """Each trained pair's `metric` after the stage that first trained it and after every later one
-    (stages/forgetting.py's table): flat lines are pairs that later stages left alone."""
+    (stages/forgetting.py's table): flat lines are pairs that later stages left alone. `chance`: the
+    final results' chance levels (`image->text/R@10`), drawn dotted in each pair's colour."""
     stages, pairs = table["stages"], table["pairs"]
     series = {name: {s: v for s, v in row[metric].items() if v is not None} for name, row in pairs.items()
               if metric in row}
@@ -311,17 +304,20 @@ def forgetting_plot(table: Mapping[str, Any], metric: str = "R@10") -> Plot | No
     ax = figure.add_subplot()
     markers = itertools.cycle("osD^v<>p")
     for i, (name, points) in enumerate(series.items()):
-        ax.plot([stages.index(s) for s in points], list(points.values()), marker=next(markers),
-                color=OKABE_ITO[i % len(OKABE_ITO)], label=name)
+        colour = OKABE_ITO[i % len(OKABE_ITO)]
+        ax.plot([stages.index(s) for s in points], list(points.values()), marker=next(markers), color=colour, label=name)
+        if f"{name}/{metric}" in chance:
+            ax.axhline(chance[f"{name}/{metric}"], color=colour, linestyle=":", linewidth=1)
     ax.set_xticks(range(len(stages)), stages)
     ax.set_xlabel("after stage")
     ax.set_ylabel(metric)
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncols=2)
-    ax.set_title(f"Forgetting: each trained pair's {metric} after every later stage", fontsize=10)
+    ax.set_title(f"Forgetting: each trained pair's {metric} after every later stage (dotted: chance)", fontsize=10)
     return Plot("forgetting", f"each trained pair's {metric} after each stage from the one that first trained it:"
-                " a flat line is a pair later stages left alone", {"stages": stages, "metric": metric, "pairs": series},
+                " a flat line is a pair later stages left alone", {"stages": stages, "metric": metric, "pairs": series,
+                                                                   "chance": {n: chance.get(f"{n}/{metric}") for n in series}},
                 figure)
 
 

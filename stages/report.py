@@ -92,7 +92,10 @@ def collect_plots(folder: Path, seed: int) -> Iterator[Plot]:
             plots += [figures.joint_space(data, seed), figures.similarity_matrix(data, seed), figures.confusion_matrices(data)]
         yield from _named(suffix, plots)
     for path in sorted(folder.glob("forgetting*.json")):
-        yield from _named(path.stem.removeprefix("forgetting"), [figures.forgetting_plot(json.loads(path.read_text()))])
+        suffix = path.stem.removeprefix("forgetting")  # its evaluation's: forgetting-<name>.json, results-<name>.json
+        results = folder / f"results{suffix}.json"
+        chance = json.loads(results.read_text()).get("chance", {}) if results.exists() else {}
+        yield from _named(suffix, [figures.forgetting_plot(json.loads(path.read_text()), chance)])
     for stage in stage_folders(folder):
         name = stage.name if stage != folder else "stage"
         yield from (p for p in (figures.training_curves(name, logged_scalars(stage / LOGS)),) if p is not None)
@@ -152,7 +155,7 @@ def codebook_counts(stage: Path) -> Tensor | None:
         return None
     try:
         with safe_open(str(stage / WEIGHTS_NAME), framework="pt") as file:
-            key = next(key for key in file.keys() if key.endswith("ema_count"))
+            key = next(key for key in file.keys() if key.endswith("ema_count"))  # noqa: SIM118 (not a mapping)
             return file.get_tensor(key)
     except (OSError, SafetensorError, StopIteration) as error:
         raise ValueError(f"{stage / WEIGHTS_NAME}: a codebook stage's weights without a readable `ema_count`"

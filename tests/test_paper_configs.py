@@ -209,6 +209,7 @@ def test_every_paper_stage_config_parses_as_written(config):
         assert printed["trainer"]["strategy"] == "ddp"
 
 
+@pytest.mark.slow  # two minutes: three pipelines of three processes each, every evaluation and its report
 def test_paper_pipelines_run_one_step_per_stage_and_report_each_table(paper_workdir):
     printed = "".join(_pipeline(f"configs/paper/{name}.yaml", paper_workdir) for name in PIPELINES)
     assert printed.count("feature cache ready") == 3  # built before fit, one process per stage

@@ -74,6 +74,7 @@ def test_transitive_pairs_are_marked_and_forgetting_follows_its_table(evaluated)
     assert all(row["transitive"] for row in plotted["recall"]["data"]["pairs"].values())
     assert plotted["forgetting"]["data"]["pairs"] == {"image->text": {"a": 0.5, "b": 0.5},
                                                       "text->image": {"a": 0.25, "b": 0.125}}
+    assert plotted["forgetting"]["data"]["chance"] == {p: results["chance"][f"{p}/R@10"] for p in ("image->text", "text->image")}
 
 
 def test_a_report_without_labels_renders_without_the_confusion_figure(tiny_model, shapes_manifest, tmp_path):
