@@ -5,6 +5,9 @@ from __future__ import annotations
 
 from typing import Sequence
 
+# Where results.md's tables end and the Figures section that `oneencoder report` appends begins.
+FIGURES_MARK = "<!-- figures: written by `oneencoder report`; everything below is redrawn with the figures -->"
+
 
 def table(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     """The header, its rule and one line per row."""
@@ -17,3 +20,8 @@ def routing_table(routing: dict[str, list[float]]) -> list[str]:
     experts = max(len(weights) for weights in routing.values())
     rows = [[modality, *(f"{weight:.3f}" for weight in weights)] for modality, weights in routing.items()]
     return table(["modality", *(f"expert {k + 1}" for k in range(experts))], rows)
+
+
+def without_figures(page: str) -> str:
+    """A results page's tables, without the Figures section a report appended."""
+    return page.split(FIGURES_MARK)[0].rstrip("\n") + "\n"

@@ -62,6 +62,7 @@ from datamodules.signatures import SignatureMemo
 from oneencoder.files import atomic_write_text, atomic_write_with, exclusive_lock
 
 from .config_merge import merge_stage_configs
+from .markdown import without_figures
 from .processes import run_child
 
 log = logging.getLogger(__name__)
@@ -645,7 +646,7 @@ def run_pipeline(path: str | os.PathLike[str]) -> Path:
     output, final = Path(spec.output), models[-1]
     for evaluation in spec.evaluation:
         final_results = _evaluate(evaluation, output, output, final)
-        print((output / f"{_results_stem(evaluation)}.md").read_text())
+        print(without_figures((output / f"{_results_stem(evaluation)}.md").read_text()))
         if spec.evaluate_each_stage and evaluation.by is None:  # a forgetting table compares pairs of modalities
             _evaluate_each_stage(evaluation, output, models, final_results)
     if spec.report:
@@ -704,7 +705,8 @@ def _evaluate(spec: EvaluationSpec, output: Path, folder: Path, model: StageMode
         if embeddings is not None:
             atomic_write_with(embeddings, lambda tmp: shutil.copyfile(embeddings_path(reuse.parent, stem), tmp))
         for suffix in (".md", ".json"):  # the json, which says the results are there, last
-            atomic_write_text(folder / f"{stem}{suffix}", reuse.with_suffix(suffix).read_text())
+            text = reuse.with_suffix(suffix).read_text()  # the tables: the figures are the run's, not the stage's
+            atomic_write_text(folder / f"{stem}{suffix}", without_figures(text) if suffix == ".md" else text)
         print(f"[pipeline] {label}: the same model as {reuse}, results copied")
     else:
         print(f"[pipeline] {label}: {model.folder} on {spec.manifest} ({spec.split})")

@@ -31,6 +31,7 @@ from oneencoder.model import CONFIG_NAME, WEIGHTS_NAME
 
 from . import figures
 from .figures import Plot
+from .markdown import FIGURES_MARK, without_figures
 from .pipeline import STALE
 from .report_data import ReportData, embeddings_path
 
@@ -39,7 +40,6 @@ if TYPE_CHECKING:
 
 FIGURES = "figures"
 HTML = "report.html"
-FIGURES_MARK = "<!-- figures: written by `oneencoder report`; everything below is redrawn with the figures -->"
 DPI = 100  # 8-inch figures: 800 px, a README's width
 STYLE = ("body{font-family:sans-serif;max-width:900px;margin:2em auto;padding:0 1em}"
          "table{border-collapse:collapse;font-size:0.85em}td,th{border:1px solid #ccc;padding:2px 6px}"
@@ -166,8 +166,8 @@ def add_figures_section(results_md: Path, plots: list[Plot]) -> None:
     """results.md's Figures section, replacing the one an earlier report wrote."""
     if not results_md.exists():
         return
-    text = results_md.read_text().split(FIGURES_MARK)[0].rstrip("\n")
-    lines = [text, "", FIGURES_MARK, "", "## Figures", "", f"All of them, with the tables, in [{HTML}]({HTML}).", ""]
+    lines = [without_figures(results_md.read_text()).rstrip("\n"), "", FIGURES_MARK, "", "## Figures", "",
+             f"All of them, with the tables, in [{HTML}]({HTML}).", ""]
     for plot in plots:
         caption = plot.caption[:1].upper() + plot.caption[1:]
         lines += [f"![{caption}]({FIGURES}/{plot.name}.png)", "", f"*{caption}.*", ""]
@@ -180,7 +180,7 @@ def report_html(folder: Path, plots: list[Plot], images: dict[str, bytes]) -> st
 
     tables = []
     for path in sorted(folder.glob("results*.md")) + sorted(folder.glob("forgetting*.md")):
-        text = path.read_text().split(FIGURES_MARK)[0]
+        text = without_figures(path.read_text())
         tables.append(f"<section><h2>{html.escape(path.name)}</h2>{markdown.markdown(text, extensions=['tables'])}</section>")
     shown = []
     for plot in plots:

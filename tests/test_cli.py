@@ -190,4 +190,5 @@ def test_evaluate_embeds_without_importing_lightning(tiny_model, shapes_manifest
                             env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert result.returncode == 0, result.stderr[-2000:]
     assert (tmp_path / "results" / "results.json").exists()  # it did embed
+    assert (tmp_path / "results" / "report.html").exists()  # and drew the report beside the results
     assert result.stdout.splitlines()[-1] == "False"

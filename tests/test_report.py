@@ -16,7 +16,8 @@ from stages import figures
 from stages.cli import main
 from stages.evaluate import evaluate
 from stages.forgetting import forgetting_table, write_forgetting
-from stages.report import FIGURES_MARK, HTML, write_report
+from stages.markdown import FIGURES_MARK
+from stages.report import HTML, write_report
 from stages.report_data import ReportData, embeddings_path
 
 
