@@ -95,3 +95,9 @@ def exclusive_lock(path: str | os.PathLike[str], when_held: Callable[[str], None
         handle.write(f"{os.getpid()}\n")
         handle.flush()
         yield
+
+
+def cache_home() -> Path:
+    """Where files derived from this machine and its packages live (a converted model, a measured
+    speed): $ONEENCODER_HOME, else ~/.cache/oneencoder."""
+    return Path(os.environ.get("ONEENCODER_HOME", Path.home() / ".cache" / "oneencoder"))

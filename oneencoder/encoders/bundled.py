@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from ..files import atomic_path
+from ..files import atomic_path, cache_home
 
 PREFIX = "bundled:"
 
@@ -38,11 +37,6 @@ def package_folder(module: str, install: str) -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise BundledModelError(f"the package {module!r} is not installed: run `{install}`")
     return Path(next(iter(spec.submodule_search_locations)))
-
-
-def cache_home() -> Path:
-    """Where files assembled from packages live: $ONEENCODER_HOME, else ~/.cache/oneencoder."""
-    return Path(os.environ.get("ONEENCODER_HOME", Path.home() / ".cache" / "oneencoder"))
 
 
 def _minilm() -> Path:
