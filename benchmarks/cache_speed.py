@@ -143,11 +143,14 @@ def train(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def profile(spec: dict[str, Any]) -> dict[str, Any]:
-    """Where one training step's time goes, on cached batches in memory: forward per module (hooks),
-    loss, backward, optimizer; and the profiler's top operators."""
+    """Where one training step's time goes, on cached batches in memory, in `spec["precision"]`: forward
+    per module (hooks), loss, backward, optimizer; the profiler's top operators; and the step's FLOPs
+    (torch's FlopCounterMode, forward and backward), so that its achieved FLOP/s can be set against the
+    machine's matmul peak."""
     import torch
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
+    from torch.utils.flop_counter import FlopCounterMode
 
     from oneencoder import ContrastiveLoss, OneEncoder
 
@@ -170,11 +173,14 @@ def profile(spec: dict[str, Any]) -> dict[str, Any]:
         timed(f"forward: {modality} head", model.heads[modality])
     timed("forward: universal projection", model.up)
 
+    bf16 = spec["precision"].startswith("bf16")
+
     def step(batch: dict[str, Any]) -> None:
         marks = [time.perf_counter()]
-        embeddings = model(batch["inputs"])
-        marks.append(time.perf_counter())
-        loss = loss_fn(embeddings["image"][: batch["size"]], embeddings["text"][: batch["size"]])["loss"]
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):  # as Lightning's bf16-mixed on the CPU
+            embeddings = model(batch["inputs"])
+            marks.append(time.perf_counter())
+            loss = loss_fn(embeddings["image"][: batch["size"]], embeddings["text"][: batch["size"]])["loss"]
         marks.append(time.perf_counter())
         loss.backward()
         marks.append(time.perf_counter())
@@ -185,6 +191,9 @@ def profile(spec: dict[str, Any]) -> dict[str, Any]:
             phases[name] = phases.get(name, 0.0) + end - begin
 
     step(batches[0])  # warm-up
+    with FlopCounterMode(display=False) as counter:
+        step(batches[0])
+    step_flops = counter.get_total_flops()
     phases.clear()
     with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
         for batch in batches:
@@ -193,7 +202,9 @@ def profile(spec: dict[str, Any]) -> dict[str, Any]:
     shares = {name: seconds / total for name, seconds in phases.items() if not name.startswith("_")}
     top = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)[:8]
     ops = {e.key: e.self_cpu_time_total / 1e6 / len(batches) for e in top}
-    return {"step_s": total / len(batches), "shares": shares, "top_ops_s_per_step": ops}
+    step_s = total / len(batches)
+    return {"step_s": step_s, "shares": shares, "top_ops_s_per_step": ops, "step_flops": step_flops,
+            "achieved_gflops": step_flops / step_s / 1e9}
 
 
 CHILDREN = {"build": build, "train": train, "profile": profile}
@@ -227,7 +238,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     results: dict[str, Any] = {"machine": machine(), "records": len(train_lines[: args.records]),
                                "batch_size": args.batch_size, "num_workers": args.num_workers,
                                "encoders": "tiny (quick)" if args.quick else "ViT-base/16 224 px + BERT-base, random",
-                               "cache": {}, "precisions": {}}
+                               "cache": {}, "precisions": {}, "profiles": {}}
     builds: dict[str, list[dict[str, Any]]] = {}
     for repeat in range(args.repeats):  # alternated and repeated, as the training runs below
         for dtype, folder in spec["caches"].items():
@@ -255,8 +266,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 )
         runs.update({variant: median_run(measured) for variant, measured in repeats.items()})
         results["precisions"][precision] = summarise(runs, results["cache"]["float32"], args.epochs)
-    print("profiling a step ...", flush=True)
-    results["profile_32_true"] = child("profile", spec)
+    for precision in args.precisions:
+        print(f"profiling a {precision} step ...", flush=True)
+        results["profiles"][precision] = child("profile", {**spec, "precision": precision})
     results["cache"]["fp16_over_fp32_size"] = results["cache"]["float16"]["bytes"] / results["cache"]["float32"]["bytes"]
     return results
 
@@ -289,13 +301,27 @@ def summarise(runs: dict[str, dict[str, Any]], build: dict[str, Any], epochs: in
     }
 
 
+PEAK_SIZE = 2048  # the matmul whose FLOP/s stands for the machine's peak
+BF16_FLAGS = ("avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "avx512_fp16")  # what decides bf16's speed on x86
+
+
 def machine() -> dict[str, Any]:
+    """The CPU (model, its bf16-relevant flags) and its matmul peak in fp32 and bf16 (GFLOP/s)."""
     import os
 
     import torch
 
-    return {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "torch": torch.__version__,
-            "torch_threads": torch.get_num_threads(), "python": platform.python_version()}
+    from oneencoder.precision import cpu_name, matmul_seconds
+
+    cpuinfo = Path("/proc/cpuinfo")
+    flags_line = next((line for line in cpuinfo.read_text().splitlines() if line.startswith("flags")), "") \
+        if cpuinfo.exists() else ""
+    flags = set(flags_line.partition(":")[2].split())
+    peaks = {name: 2 * PEAK_SIZE**3 / matmul_seconds(dtype, PEAK_SIZE) / 1e9
+             for name, dtype in (("32-true", torch.float32), ("bf16-mixed", torch.bfloat16))}
+    return {"cpu": cpu_name(), "cpu_flags": [f for f in BF16_FLAGS if f in flags], "cores": os.cpu_count(),
+            "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
+            "matmul_gflops": peaks}
 
 
 def table(results: dict[str, Any]) -> str:
@@ -323,11 +349,20 @@ def table(results: dict[str, Any]) -> str:
             f" | {cached_stage} ({s['stage_speedup']:.1f}x)"
             f" | {r['online']['peak_rss_mb']:.0f} / {r['cached']['peak_rss_mb']:.0f} / {r['memory']['peak_rss_mb']:.0f} |"
         )
-    profile = results["profile_32_true"]
-    lines += ["", f"where a 32-true step's time goes (step {profile['step_s'] * 1000:.0f} ms on cached batches):"]
-    lines += [f"  {name:32s} {share:6.1%}" for name, share in sorted(profile["shares"].items(), key=lambda x: -x[1])]
-    lines += ["top operators (self CPU s per step):"]
-    lines += [f"  {name:32s} {seconds:.4f}" for name, seconds in profile["top_ops_s_per_step"].items()]
+    cpu = results["machine"]
+    lines += ["", f"CPU: {cpu['cpu']} (flags: {', '.join(cpu['cpu_flags']) or 'none of ' + ', '.join(BF16_FLAGS)});"
+                  f" {PEAK_SIZE}x{PEAK_SIZE} matmul peak: "
+                  + ", ".join(f"{p} {g:.0f} GFLOP/s" for p, g in cpu["matmul_gflops"].items()), "",
+              "| precision | cached step (ms) | step GFLOP | achieved GFLOP/s | share of that precision's matmul peak |",
+              "|---|---|---|---|---|"]
+    for precision, profile in results["profiles"].items():
+        lines.append(f"| {precision} | {profile['step_s'] * 1000:.0f} | {profile['step_flops'] / 1e9:.1f}"
+                     f" | {profile['achieved_gflops']:.0f} | {profile['achieved_gflops'] / cpu['matmul_gflops'][precision]:.1%} |")
+    for precision, profile in results["profiles"].items():
+        lines += ["", f"where a {precision} step's time goes (step {profile['step_s'] * 1000:.0f} ms on cached batches):"]
+        lines += [f"  {name:32s} {share:6.1%}" for name, share in sorted(profile["shares"].items(), key=lambda x: -x[1])]
+        lines += ["top operators (self CPU s per step):"]
+        lines += [f"  {name:32s} {seconds:.4f}" for name, seconds in profile["top_ops_s_per_step"].items()]
     return "\n".join(lines)
 
 
