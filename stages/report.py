@@ -98,14 +98,14 @@ def collect_plots(folder: Path, seed: int) -> Iterator[Plot]:
         yield from _named(suffix, [figures.forgetting_plot(json.loads(path.read_text()), chance)])
     for stage in stage_folders(folder):
         name = stage.name if stage != folder else "stage"
-        yield from (p for p in (figures.training_curves(name, logged_scalars(stage / LOGS)),) if p is not None)
         counts = codebook_counts(stage)
-        if counts is not None:
-            yield figures.codebook_usage(name, counts)
+        yield from _named("", [figures.training_curves(name, logged_scalars(stage / LOGS)),
+                               None if counts is None else figures.codebook_usage(name, counts)])
 
 
 def _named(suffix: str, plots: list[Plot | None]) -> Iterator[Plot]:
-    """A named evaluation's figures carry its name: recall-styles.png beside recall.png."""
+    """The figures drawn (None: nothing to draw); a named evaluation's carry its name: recall-styles.png
+    beside recall.png."""
     for plot in plots:
         if plot is not None:
             plot.name += suffix
