@@ -33,8 +33,8 @@ system-tools:  ## rsvg-convert, espeak-ng (the demo data) and chromium (the sear
 	if [ -n "$$missing" ]; then \
 		echo "installing $(SYSTEM_PACKAGES) (missing:$$missing)"; \
 		if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \
-		$$SUDO apt-get install -y -qq $(SYSTEM_PACKAGES) >/dev/null || \
-		{ $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq $(SYSTEM_PACKAGES) >/dev/null; } || \
+		$$SUDO apt-get install -y -qq -o DPkg::Lock::Timeout=600 $(SYSTEM_PACKAGES) >/dev/null || \
+		{ $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq -o DPkg::Lock::Timeout=600 $(SYSTEM_PACKAGES) >/dev/null; } || \
 		{ echo "could not install them: run 'apt-get install $(SYSTEM_PACKAGES)' as root"; exit 1; }; \
 	fi
 
@@ -86,7 +86,7 @@ demo-moe-ablations: demo-moe  ## the MoE with 1 expert, a constant router, rando
 
 CODEBOOK_ROWS := vq fcid aligned
 AV_EVENTS := data/corpus/av_events.jsonl
-GENERALIZE := --manifest $(AV_EVENTS) --modalities audio video --cache_dtype float16 \
+GENERALIZE := --manifest $(AV_EVENTS) --modalities audio video --cache_dtype float16 --cache_precision auto \
 	--feature_cache '{"audio": "data/corpus/features/codebook", "video": "data/corpus/features/align-video"}'
 CODEBOOK := outputs/pipeline/demo_codebook
 

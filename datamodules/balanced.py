@@ -12,6 +12,7 @@ from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 
 from oneencoder.encoders import FrozenEncoder
+from oneencoder.precision import FP32, EncodingPrecision
 from oneencoder.readers import DEFAULT_MAX_PIXELS
 
 from .augment import ImageAugment
@@ -76,6 +77,7 @@ class BalancedDataModule(LightningDataModule):
         num_workers: int = 2,
         skip_bad_records: bool = False,
         cache_dtype: str = "float32",
+        cache_precision: EncodingPrecision = FP32,
         encoders: Mapping[str, FrozenEncoder] | None = None,
         video_backend: str = "decord",
         max_image_pixels: int | None = DEFAULT_MAX_PIXELS,
@@ -93,7 +95,7 @@ class BalancedDataModule(LightningDataModule):
             ManifestDataModule(
                 source.manifest, source.modalities, batch_size=batch_size, eval_batch_size=eval_batch_size,
                 num_workers=num_workers, skip_bad_records=skip_bad_records, feature_cache=source.feature_cache,
-                cache_dtype=cache_dtype, encoders=encoders, video_backend=video_backend,
+                cache_dtype=cache_dtype, cache_precision=cache_precision, encoders=encoders, video_backend=video_backend,
                 max_image_pixels=max_image_pixels, contained_paths=contained_paths, augment=source.augment,
             )
             for source in self.sources

@@ -9,7 +9,8 @@ DDP processes) only ever memory-map finished files. One build at a time holds th
 a second one waits for it, then finds the cache done.
 
 header.json records what made the features (the encoder's fingerprint and its description: weights
-identity and preprocessing settings, the video backend, the storage dtype) and each source's
+identity and preprocessing settings, the video backend, the storage dtype, the precision the encoder
+ran in: bf16-mixed where the machine runs bf16 fast, see oneencoder/precision.py) and each source's
 signature (a media file's path and content digest, see signatures.py; a caption's hash). A cache
 made differently is refused with what differs, never used; a build over a cache whose files changed
 or whose manifest gained records encodes again only the shards holding those items.
@@ -43,6 +44,7 @@ from tqdm.auto import tqdm
 
 from oneencoder.encoders import FrozenEncoder
 from oneencoder.files import atomic_write_text, atomic_write_with, exclusive_lock
+from oneencoder.precision import BF16, FP32
 from oneencoder.readers import DEFAULT_MAX_PIXELS, MediaError, Reader, build_reader
 
 from .augment import AugmentedView, AugmentingReader, ImageAugment, view_seed
@@ -150,14 +152,17 @@ def build_cache(
     video_backend: str = "decord",
     max_image_pixels: int | None = DEFAULT_MAX_PIXELS,
     augment: ImageAugment | None = None,
+    precision: str = FP32,
 ) -> Path:
     """Encode every item of `modality` once into `<root>/<modality>/`, or bring that cache up to date.
 
     A complete cache that serves these records is left as it is. Otherwise the shards whose items
     are all unchanged are kept and the others are encoded (an interrupted build's missing shards,
     shards holding changed or new items), which gives what a fresh build gives. A cache made
-    differently (another encoder, preprocessing, dtype, video backend or cache format) would lose
-    every shard, so it raises StaleCacheError; with `overwrite` it is deleted and built anew.
+    differently (another encoder, preprocessing, dtype, precision, video backend or cache format) would
+    lose every shard, so it raises StaleCacheError; with `overwrite` it is deleted and built anew.
+    `precision` (32-true or bf16-mixed, resolved: see oneencoder.precision.resolve_precision) is what
+    the encoder runs in, under autocast for bf16-mixed.
     Media are read the evaluation way (no random windows): one fixed encoding per item, or with
     `augment` (images only) `augment.views` of them (see the module's docstring).
     """
@@ -169,7 +174,7 @@ def build_cache(
         memo = signature_memo(folder)
         items = sources(records, modality, memo, augment)
         memo.save()
-        header = _header(modality, encoder, items, dtype, items_per_shard, video_backend, augment)
+        header = _header(modality, encoder, items, dtype, precision, items_per_shard, video_backend, augment)
         kept = _shards_to_keep(folder, header, encoder, items, augment, overwrite)
         if kept is None:
             return folder
@@ -184,7 +189,8 @@ def build_cache(
         )
         if augment is not None:
             reader = AugmentingReader(reader, augment)
-        settings = _EncodeSettings(encoder, reader, DTYPES[dtype], batch_size, num_workers, skip_bad_records, device)
+        settings = _EncodeSettings(encoder, reader, DTYPES[dtype], precision, batch_size, num_workers, skip_bad_records,
+                                   device)
         encoder.to(device)
         try:
             with tqdm(total=sum(len(c) for _, c in todo), desc=f"caching {modality}", unit="item") as progress:
@@ -215,7 +221,8 @@ def _shards_to_keep(
         return set()
     try:
         cache = FeatureCache(folder)
-        cache.check_maker(encoder, header["dtype"], header["reader"].get("video_backend", "decord"), augment)
+        cache.check_maker(encoder, header["dtype"], header["reader"].get("video_backend", "decord"), augment,
+                          header["precision"])
     except StaleCacheError as error:
         if not overwrite:
             raise
@@ -276,11 +283,13 @@ def _as_json(value: Any) -> Any:
 
 
 def _header(
-    modality: str, encoder: FrozenEncoder, items: list[Source], dtype: str, items_per_shard: int, video_backend: str,
-    augment: ImageAugment | None,
+    modality: str, encoder: FrozenEncoder, items: list[Source], dtype: str, precision: str, items_per_shard: int,
+    video_backend: str, augment: ImageAugment | None,
 ) -> dict[str, Any]:
     if dtype not in DTYPES:
         raise ValueError(f"cache dtype must be one of {sorted(DTYPES)} (got {dtype!r})")
+    if precision not in (FP32, BF16):
+        raise ValueError(f"the cache's encoding precision must be {FP32!r} or {BF16!r} (got {precision!r})")
     return _as_json({
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -289,6 +298,7 @@ def _header(
         "reader": _reader_settings(modality, video_backend, augment),
         "dim": encoder.dim,
         "dtype": dtype,
+        "precision": precision,
         "items_per_shard": items_per_shard,
         "sources": {item.key: item.signature for item in items},
     })
@@ -342,11 +352,12 @@ class ReadingCollator:
 @dataclass(frozen=True)
 class _EncodeSettings:
     """How one build reads and encodes the items of every shard: `reader` None for captions, `dtype`
-    the features' storage type, `device` the encoder's."""
+    the features' storage type, `precision` the encoder's (32-true or bf16-mixed), `device` its device."""
 
     encoder: FrozenEncoder
     reader: Reader | None
     dtype: torch.dtype
+    precision: str
     batch_size: int
     num_workers: int
     skip_bad_records: bool
@@ -373,7 +384,8 @@ def _write_shard(path: Path, chunk: list[Source], settings: _EncodeSettings, pro
             log.warning("skipping %s: %s", chunk[index].where, reason)
             skipped[chunk[index].key] = reason
         if inputs is not None:
-            output = encoder({name: tensor.to(settings.device) for name, tensor in inputs.items()})
+            with torch.autocast(torch.device(settings.device).type, torch.bfloat16, enabled=settings.precision == BF16):
+                output = encoder({name: tensor.to(settings.device) for name, tensor in inputs.items()})
             for row, index in enumerate(indices):
                 keys.append(chunk[index].key)
                 rows.append(output.features[row][output.mask[row]].to("cpu", dtype))
@@ -404,6 +416,7 @@ class FeatureCache:
                 " version 2 signs media by path and content and records the video backend). Rebuild it:"
                 f" `oneencoder cache --overwrite --config <your stage config>`, or delete {self.folder}"
             )
+        self.precision = self.header.get("precision", FP32)  # caches from before the setting were encoded in fp32
         self.num_shards = len(_shard_ranges(self.header))
         self.views = _views(self.header)
         augment = self.header["reader"].get("augment")  # as built, for readers of view 0 that take any views
@@ -437,16 +450,16 @@ class FeatureCache:
         self.skipped.update(skipped)
 
     def check(self, encoder: FrozenEncoder, items: Sequence[Source], dtype: str = "float32",
-              video_backend: str = "decord", augment: ImageAugment | None = None) -> None:
-        """Refuse (StaleCacheError) unless this cache holds every item, made by this encoder and
-        these reading settings from these very files, complete."""
-        self.check_maker(encoder, dtype, video_backend, augment)
+              video_backend: str = "decord", augment: ImageAugment | None = None, precision: str = FP32) -> None:
+        """Refuse (StaleCacheError) unless this cache holds every item, made by this encoder in this
+        precision and these reading settings from these very files, complete."""
+        self.check_maker(encoder, dtype, video_backend, augment, precision)
         self.check_items(items)
 
     def check_maker(self, encoder: FrozenEncoder, dtype: str, video_backend: str,
-                    augment: ImageAugment | None = None) -> None:
-        """Refuse a cache made by another encoder, preprocessing, dtype, video backend or image
-        augmentation: none of its shards can serve this config."""
+                    augment: ImageAugment | None = None, precision: str = FP32) -> None:
+        """Refuse a cache made by another encoder, preprocessing, dtype, encoding precision, video
+        backend or image augmentation: none of its shards can serve this config."""
         replace = (
             " Replace it with `oneencoder cache --overwrite --config <your stage config>` (deletes its"
             f" shards and encodes every item again), or delete {self.folder}, or point `feature_cache`"
@@ -468,6 +481,12 @@ class FeatureCache:
             )
         if dtype != self.header["dtype"]:
             raise StaleCacheError(f"{self.folder} stores {self.header['dtype']} features, the config asks for {dtype}.{replace}")
+        if precision != self.precision:
+            raise StaleCacheError(
+                f"{self.folder} was encoded in {self.precision}, the config asks for {precision} (`cache_precision`;"
+                f" `auto` picks bf16-mixed only where this machine runs bf16 fast). Set `cache_precision:"
+                f" {self.precision}` to use it as it is.{replace}"
+            )
 
     def check_items(self, items: Sequence[Source]) -> None:
         """Refuse a cache that lacks some of `items`, holds them from files that changed since, or

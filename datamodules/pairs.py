@@ -11,6 +11,7 @@ from lightning.pytorch import LightningDataModule, Trainer
 from torch.utils.data import DataLoader
 
 from oneencoder.encoders import FrozenEncoder
+from oneencoder.precision import FP32, EncodingPrecision, resolve_precision
 from oneencoder.readers import DEFAULT_MAX_PIXELS, READABLE, Reader, build_reader, check_video_backend
 
 from .augment import ImageAugment
@@ -52,7 +53,8 @@ class ManifestDataModule(LightningDataModule):
     features read from that cache instead of raw inputs, and the encoders' weights are never loaded.
     The cache is built on first use
     (in `prepare_data`, by one process per node) and refused when it no longer matches the encoders or
-    the files; `cache_dtype: float16` halves its size. It holds one encoding per item, read the
+    the files; `cache_dtype: float16` halves its size, and `cache_precision: auto` encodes in bf16 where
+    the machine runs bf16 fast (the cache records it and is refused under another precision). It holds one encoding per item, read the
     evaluation way (the first `max_seconds`, frames spread over the whole video), so training from
     it sees no random windows. With `augment` (e.g. `augment: {views: 4}`; see augment.ImageAugment),
     the image cache holds `views` views per image, view 0 the plain image: training reads the view
@@ -70,6 +72,7 @@ class ManifestDataModule(LightningDataModule):
         skip_bad_records: bool = False,
         feature_cache: str | dict[str, str] | None = None,
         cache_dtype: str = "float32",
+        cache_precision: EncodingPrecision = FP32,
         encoders: Mapping[str, FrozenEncoder] | None = None,
         video_backend: str = "decord",
         max_image_pixels: int | None = DEFAULT_MAX_PIXELS,
@@ -95,6 +98,7 @@ class ManifestDataModule(LightningDataModule):
         self.skip_bad_records = skip_bad_records
         self.feature_cache = feature_cache
         self.cache_dtype = cache_dtype
+        self.cache_precision = cache_precision
         self.encoders = encoders
         self.video_backend = video_backend
         self.max_image_pixels = max_image_pixels
@@ -123,8 +127,7 @@ class ManifestDataModule(LightningDataModule):
 
     def prepare_data(self) -> None:
         if self.feature_cache is not None:
-            device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
-            self.build_feature_cache(device)
+            self.build_feature_cache(self._device())
 
     def build_feature_cache(self, device: torch.device | str = "cpu", overwrite: bool = False) -> None:
         """Encode every usable record of every split once into `feature_cache` (resumes; see feature_cache)."""
@@ -140,7 +143,7 @@ class ManifestDataModule(LightningDataModule):
                 batch_size=self.eval_batch_size, num_workers=self.num_workers,
                 skip_bad_records=self.skip_bad_records, device=device, overwrite=overwrite,
                 video_backend=self.video_backend, max_image_pixels=self.max_image_pixels,
-                augment=self._augment(modality),
+                augment=self._augment(modality), precision=resolve_precision(self.cache_precision, device),
             )
 
     def setup(self, stage: str | None = None) -> None:
@@ -168,13 +171,18 @@ class ManifestDataModule(LightningDataModule):
     def _checked_caches(self, records: list[Record]) -> dict[str, FeatureCache]:
         """Each modality's cache, refused (StaleCacheError) unless it serves these records as they are now."""
         caches = {}
+        precision = resolve_precision(self.cache_precision, self._device())
         for modality in self.modalities:
             cache = FeatureCache(f"{self.cache_root(modality)}/{modality}")
             augment = self._augment(modality)
             items = sources(records, modality, signature_memo(cache.folder), augment)
-            cache.check(self._encoders()[modality], items, self.cache_dtype, self.video_backend, augment)
+            cache.check(self._encoders()[modality], items, self.cache_dtype, self.video_backend, augment, precision)
             caches[modality] = cache
         return caches
+
+    def _device(self) -> torch.device:
+        """Where the trainer runs (the frozen encoders encode there), else the CPU."""
+        return self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
 
     def _augment(self, modality: str) -> ImageAugment | None:
         return self.augment if modality == "image" else None

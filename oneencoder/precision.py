@@ -14,6 +14,7 @@ import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, get_args
 
 import torch
 
@@ -22,6 +23,7 @@ from .files import atomic_write_text, cache_home
 AUTO = "auto"
 BF16 = "bf16-mixed"
 FP32 = "32-true"
+EncodingPrecision = Literal["auto", "bf16-mixed", "32-true"]  # what a frozen encoder fills a feature cache in
 MIN_SPEEDUP = 1.5  # bf16's matmul must beat fp32's by this much: autocast's casts cost the rest
 SIZE = 1024  # the measured matmul: large enough for the matrix units to matter, a second in all
 
@@ -45,6 +47,13 @@ def choose_precision(accelerator: str | None = None) -> Choice:
     verdict = BF16 if speedup >= MIN_SPEEDUP else FP32
     return Choice(verdict, f"on this CPU ({cpu_name()}) a bf16 matmul runs {speedup:.2f}x as fast as fp32"
                            f" ({'at least' if verdict == BF16 else 'under'} {MIN_SPEEDUP}x)")
+
+
+def resolve_precision(precision: str, device: torch.device | str = "cpu") -> str:
+    """`precision` (auto, bf16-mixed or 32-true) as it runs on `device`: auto becomes the choice above."""
+    if precision not in get_args(EncodingPrecision):
+        raise ValueError(f"precision must be one of {list(get_args(EncodingPrecision))} (got {precision!r})")
+    return choose_precision(torch.device(device).type).precision if precision == AUTO else precision
 
 
 def cpu_name() -> str:

@@ -358,6 +358,8 @@ def _codebook_arguments(parser: ArgumentParser) -> None:
     parser.add_argument("--feature_cache", type=Optional[Union[str, dict[str, str]]], default=None,
                         help="the encoders' feature cache: a folder, or {modality: folder} as the stage's config has it")
     parser.add_argument("--cache_dtype", default="float32", help="the cache's storage dtype (the stage config's)")
+    parser.add_argument("--cache_precision", default="32-true", choices=["auto", "bf16-mixed", "32-true"],
+                        help="the precision the cache's encoders ran in (the stage config's `cache_precision`)")
     parser.add_argument("--modalities", nargs="+", default=["audio", "video"],
                         help="the labelled modalities, every ordered pair of which is evaluated")
     parser.add_argument("--seed", type=int, default=0, help="the classifiers' initialisation and data order")
@@ -407,7 +409,7 @@ def generalize_command(argv: Sequence[str]) -> None:
             raise ValueError(f"--toc on for {folder}, which stores no TOC choice; store one with"
                              f" `oneencoder toc {folder} --k K` or give --toc stored or off")
         features = extract_features(model, args.manifest, args.feature_cache, args.modalities, toc != "off",
-                                    args.cache_dtype)
+                                    args.cache_dtype, args.cache_precision)
         rows[label] = cross_modal_generalization(features, model.config.codebook.codes, seed=args.seed)
     if args.output:
         written = write_generalization(rows, args.output)
@@ -438,7 +440,8 @@ def toc_command(argv: Sequence[str]) -> None:
     args = toc_parser().parse_args(list(argv))
     model = CodebookModel.from_pretrained(args.folder)
     if args.sweep:
-        features = extract_features(model, args.manifest, args.feature_cache, args.modalities, False, args.cache_dtype)
+        features = extract_features(model, args.manifest, args.feature_cache, args.modalities, False, args.cache_dtype,
+                                    args.cache_precision)
         rows = toc_sweep(features, model.config.codebook.codes, args.sweep, model.choose_toc, seed=args.seed)
         if args.output:
             written = write_generalization(rows, args.output)

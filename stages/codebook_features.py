@@ -26,6 +26,7 @@ def extract_features(
     modalities: Sequence[str] = ("audio", "video"),
     toc: bool = True,
     cache_dtype: str = "float32",
+    cache_precision: str = "32-true",
     batch_size: int = 128,
     num_workers: int = 0,
 ) -> Features:
@@ -39,17 +40,19 @@ def extract_features(
         model.config.toc = None
     model.eval()
     try:
-        return {m: _modality_features(model, m, manifest, feature_cache, cache_dtype, batch_size, num_workers)
+        return {m: _modality_features(model, m, manifest, feature_cache, cache_dtype, cache_precision, batch_size,
+                                      num_workers)
                 for m in modalities}
     finally:
         model.config.toc = chosen
 
 
 def _modality_features(model: CodebookModel, modality: str, manifest: str | list[str],
-                       feature_cache: str | dict[str, str] | None, cache_dtype: str, batch_size: int,
-                       num_workers: int) -> dict[str, SplitFeatures]:
+                       feature_cache: str | dict[str, str] | None, cache_dtype: str, cache_precision: str,
+                       batch_size: int, num_workers: int) -> dict[str, SplitFeatures]:
     data = ManifestDataModule(manifest, (modality,), batch_size=batch_size, num_workers=num_workers,
-                              feature_cache=feature_cache, cache_dtype=cache_dtype, encoders=model.base.encoders)
+                              feature_cache=feature_cache, cache_dtype=cache_dtype,
+                              cache_precision=cache_precision, encoders=model.base.encoders)
     if feature_cache is not None:
         data.build_feature_cache()  # a cache that serves these records already is left as it is
     data.setup("fit")

@@ -209,8 +209,10 @@ def open_caches(feature_cache: str | dict[str, str], records: list[Record] | Non
             continue
         cache = FeatureCache(folder)
         try:
-            # Embedding reads view 0, the plain image, whatever augmented views an image cache also holds.
-            cache.check_maker(model.encoders[modality], cache.header["dtype"], video_backend, cache.augment)
+            # Embedding reads view 0, the plain image, whatever augmented views an image cache also holds,
+            # in whatever precision the encoder ran in.
+            cache.check_maker(model.encoders[modality], cache.header["dtype"], video_backend, cache.augment,
+                              cache.precision)
         except StaleCacheError as error:
             raise StaleCacheError(f"--feature_cache: {error} Or drop --feature_cache to encode every item from its"
                                   " file.") from None

@@ -246,6 +246,33 @@ def test_a_damaged_shard_is_named_with_the_fix_and_the_build_resumes_after_delet
     FeatureCache(folder).check(build_encoder(tiny_encoder("text")), sources(read_manifest(small_set), "text"))
 
 
+@pytest.mark.parametrize("modality", ["image", "text"])
+def test_a_bf16_cache_is_encoded_under_autocast_recorded_and_refused_under_fp32(small_set, tmp_path, modality):
+    items = sources(read_manifest(small_set), modality)
+    exact = FeatureCache(_build(tmp_path / "fp32", modality, small_set))
+    folder = _build(tmp_path / "bf16", modality, small_set, precision="bf16-mixed")
+    bf16 = FeatureCache(folder)
+    assert bf16.precision == "bf16-mixed" and bf16[items[0].key].dtype == torch.float32  # stored as asked
+    differences = [(bf16[item.key] - exact[item.key]).abs().max().item() for item in items]
+    assert 0 < max(differences) < 0.1  # bf16's rounding, not another encoder
+    encoder = build_encoder(tiny_encoder(modality))
+    bf16.check(encoder, items, precision="bf16-mixed")
+    with pytest.raises(StaleCacheError, match=r"encoded in bf16-mixed, the config asks for 32-true.*cache_precision.*--overwrite"):
+        bf16.check(encoder, items)
+    with pytest.raises(StaleCacheError, match="encoded in bf16-mixed"):  # building over it is refused too
+        _build(tmp_path / "bf16", modality, small_set)
+
+
+def test_a_cache_from_before_the_precision_setting_reads_as_fp32(small_set, tmp_path):
+    folder = _build(tmp_path / "cache", "text", small_set)
+    header = json.loads((folder / "header.json").read_text())
+    del header["precision"]
+    (folder / "header.json").write_text(json.dumps(header))
+    FeatureCache(folder).check(build_encoder(tiny_encoder("text")), sources(read_manifest(small_set), "text"))
+    with pytest.raises(StaleCacheError, match="encoded in 32-true"):
+        _build(tmp_path / "cache", "text", small_set, precision="bf16-mixed")
+
+
 def test_a_cache_of_an_older_format_asks_for_a_rebuild(small_set, tmp_path):
     folder = _build(tmp_path / "cache", "text", small_set)
     header = json.loads((folder / "header.json").read_text())

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from oneencoder import precision
 from stages.lightning_cli import OneEncoderCLI
@@ -73,13 +74,26 @@ def test_a_named_precision_is_lightning_s_own_and_records_nothing(monkeypatch, t
     assert trainer.precision == "32-true" and not (tmp_path / PRECISION_RECORD).exists()
 
 
+def _stage_cli(*args):
+    with pytest.raises(SystemExit):
+        OneEncoderCLI(subclass_mode_model=True, subclass_mode_data=True, run=False, args=["--config", UP_CONFIG, *args])
+
+
 @pytest.mark.filterwarnings("ignore:LightningCLI's args parameter")  # pytest's own argv is not meant for it
-def test_the_stage_cli_takes_auto_and_refuses_a_misspelt_precision(capsys):
-    with pytest.raises(SystemExit):
-        OneEncoderCLI(subclass_mode_model=True, subclass_mode_data=True, run=False,
-                      args=["--config", UP_CONFIG, "--trainer.precision", "auto", "--print_config"])
-    assert "precision: auto" in capsys.readouterr().out
-    with pytest.raises(SystemExit):
-        OneEncoderCLI(subclass_mode_model=True, subclass_mode_data=True, run=False,
-                      args=["--config", UP_CONFIG, "--trainer.precision", "bf17-mixed"])
+def test_the_shipped_config_trains_and_caches_in_auto_and_a_misspelt_precision_is_refused(capsys):
+    _stage_cli("--print_config")
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["trainer"]["precision"] == "auto" and printed["data"]["init_args"]["cache_precision"] == "auto"
+    _stage_cli("--trainer.precision", "bf17-mixed")
     assert "bf17-mixed" in capsys.readouterr().err
+    _stage_cli("--data.init_args.cache_precision", "16-mixed")
+    assert "16-mixed" in capsys.readouterr().err
+
+
+def test_resolving_a_cache_precision_measures_only_for_auto(monkeypatch):
+    cpu_with_speedup(monkeypatch, 4.0)
+    assert precision.resolve_precision("auto", "cpu") == "bf16-mixed"
+    monkeypatch.setattr(precision, "matmul_seconds", lambda dtype: pytest.fail("a named precision measured the CPU"))
+    assert precision.resolve_precision("32-true", "cpu") == "32-true"
+    with pytest.raises(ValueError, match=r"precision must be one of \['auto', 'bf16-mixed', '32-true'\]"):
+        precision.resolve_precision("16-mixed")

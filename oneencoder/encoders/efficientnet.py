@@ -107,7 +107,8 @@ class EfficientNetEncoder(FrozenEncoder):
             raise FileNotFoundError(f"{path} not found: set `pretrained` to an EfficientNet-Lite state-dict file")
         model = EfficientNet.from_name(match.group(1))
         model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-        return model
+        # Channels-last: oneDNN's bf16 convolutions run 1.4x faster in it (fp32 ones about the same).
+        return model.to(memory_format=torch.channels_last)
 
     def weights_identity(self) -> dict[str, Any]:
         if is_bundled(self.config.pretrained):
@@ -128,8 +129,10 @@ class EfficientNetEncoder(FrozenEncoder):
         pass run 1.5-2x faster per image than 128 (the activations stay in cache), and a video batch
         of 64 clips is 512 images."""
         # (x - 127) / 128: the normalisation EfficientNet-Lite was trained with.
-        return torch.cat([self.module.extract_features((chunk.float() - 127.0) / 128.0)
-                          for chunk in images.split(IMAGES_PER_PASS)])
+        return torch.cat([
+            self.module.extract_features(((chunk.float() - 127.0) / 128.0).contiguous(memory_format=torch.channels_last))
+            for chunk in images.split(IMAGES_PER_PASS)
+        ])
 
     def save_pretrained(self, folder: str) -> None:
         raise NotImplementedError("pretrained encoders are referenced by `pretrained`, never copied into a model folder")
