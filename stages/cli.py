@@ -18,6 +18,7 @@ from __future__ import annotations
 import itertools
 import os
 import sys
+import time
 import traceback
 import warnings
 from pathlib import Path
@@ -26,6 +27,7 @@ from typing import Callable, Optional, Sequence, Union
 from jsonargparse import ArgumentParser, Namespace
 
 from .processes import die_with_parent_under_runner
+from .timing import duration
 
 DEBUG_VARIABLE = "ONEENCODER_DEBUG"
 PROJECT = Path(__file__).resolve().parents[1]
@@ -201,10 +203,11 @@ def _corpus(options: Namespace) -> None:
     per_set = {"demo": DEMO_ICONS_PER_SET, "all": None}.get(options.icons_per_set, options.icons_per_set)
     if isinstance(per_set, str) and not per_set.isdigit():
         raise ValueError(f"--icons_per_set takes a number, 'demo' or 'all' (got {per_set!r})")
+    started = time.monotonic()
     manifest = build_corpus(options.root, seed=options.seed, size=options.size or DEMO_SIZE,
                             icons_per_set=None if per_set is None else int(per_set), frames=options.frames,
                             workers=options.workers)
-    print(f"wrote {manifest}")
+    print(f"wrote {manifest} in {duration(time.monotonic() - started)}")
     print(summary_table(manifest.parent / "corpus.json"))
 
 

@@ -60,10 +60,12 @@ import yaml
 from datamodules.manifest import MEDIA_FIELDS, BadRecordError, ManifestError, manifest_paths, read_manifests
 from datamodules.signatures import SignatureMemo
 from oneencoder.files import atomic_write_text, atomic_write_with, exclusive_lock
+from oneencoder.precision import PRECISION_RECORD
 
 from .config_merge import merge_stage_configs
 from .markdown import without_figures
 from .processes import run_child
+from .timing import PhaseClock, duration
 
 log = logging.getLogger(__name__)
 
@@ -417,10 +419,11 @@ class StageRun:
             payload |= {"seconds": seconds, "trainable_parameters": metrics.get("trainable_parameters")}
         atomic_write_text(self.state_path, json.dumps(payload, indent=2))
 
-    def run(self, previous_weights: str | None) -> str:
+    def run(self, previous_weights: str | None, clock: PhaseClock) -> str:
         """Skip when done with this hash on the same previous model and its own model is intact;
         otherwise fit, resuming from last.ckpt when there is one. `previous_weights` is the digest of
-        the previous stage's model (None for the first stage); returns this stage's."""
+        the previous stage's model (None for the first stage); returns this stage's. `clock` times
+        the cache build and the fit."""
         with stage_lock(self.lock_path, self.folder):
             state = self.state()
             reason = self._why_not_reusable(state, previous_weights)
@@ -429,7 +432,7 @@ class StageRun:
                 return state["weights"]
             if reason is not None:
                 self._set_aside(state, reason)
-            return self._fit(previous_weights)
+            return self._fit(previous_weights, clock)
 
     def _why_not_reusable(self, state: dict[str, Any] | None, previous_weights: str | None) -> str | None:
         """Why the folder cannot be resumed or skipped (None: it can, or there is none)."""
@@ -445,13 +448,14 @@ class StageRun:
             return f"its exported model ({' + '.join(MODEL_FILES)}) is missing or changed since it finished"
         return None
 
-    def _fit(self, previous_weights: str | None) -> str:
+    def _fit(self, previous_weights: str | None, clock: PhaseClock) -> str:
         self.folder.mkdir(parents=True, exist_ok=True)
         config_path = self.folder / "config.yaml"
         atomic_write_text(config_path, yaml.safe_dump(self.config, sort_keys=False))
         self.write_state("running", previous_weights)
         if has_feature_cache(self.config):
-            self._build_feature_cache(config_path)
+            with clock.phase(f"{self.spec.name}: feature cache"):
+                self._build_feature_cache(config_path)
         command = [sys.executable, "-m", "stages.cli", "fit", "--config", str(config_path)]
         last = self.folder / CHECKPOINTS / "last.ckpt"
         if last.is_file():
@@ -475,7 +479,9 @@ class StageRun:
             )
         seconds = time.monotonic() - started
         self.write_state("done", previous_weights, weights, seconds)
-        print(f"[pipeline] {self.spec.name}: done in {_duration(seconds)}")
+        precision = (read_json(self.folder / PRECISION_RECORD) or {}).get("precision")
+        clock.phases.append((f"{self.spec.name}: training" + (f" ({precision})" if precision else ""), seconds))
+        print(f"[pipeline] {self.spec.name}: done in {duration(seconds)}")
         return weights
 
     def _build_feature_cache(self, config_path: Path) -> None:
@@ -639,31 +645,35 @@ def run_pipeline(path: str | os.PathLike[str]) -> Path:
     start = start_model(spec)
     runs = plan(spec, start)
     models = [StageModel(START, start.folder, start.weights, start.pairs, start.pairs)] if start else []
+    clock = PhaseClock()
     for run in runs:
-        weights = run.run(models[-1].weights if models else None)
+        weights = run.run(models[-1].weights if models else None, clock)
         pairs = trained_pairs(run.config)
         models.append(StageModel(run.spec.name, run.folder, weights, pairs, pairs.union(*(m.pairs for m in models))))
     output, final = Path(spec.output), models[-1]
     for evaluation in spec.evaluation:
-        final_results = _evaluate(evaluation, output, output, final)
+        final_results = _evaluate(evaluation, output, output, final, clock)
         print(without_figures((output / f"{_results_stem(evaluation)}.md").read_text()))
         if spec.evaluate_each_stage and evaluation.by is None:  # a forgetting table compares pairs of modalities
-            _evaluate_each_stage(evaluation, output, models, final_results)
+            _evaluate_each_stage(evaluation, output, models, final_results, clock)
     if spec.report:
         from .report import write_report
 
-        report = write_report(output)
+        with clock.phase("report"):
+            report = write_report(output)
         print(f"[pipeline] report: {report}" if report else "[pipeline] report: no results, forgetting or training logs to draw")
+    print(f"[pipeline] where the time went (skipped phases absent; also in {clock.write(output)}):\n{clock.table()}")
     return final.folder
 
 
-def _evaluate_each_stage(spec: EvaluationSpec, output: Path, models: list[StageModel], final_results: Path) -> None:
+def _evaluate_each_stage(spec: EvaluationSpec, output: Path, models: list[StageModel], final_results: Path,
+                         clock: PhaseClock) -> None:
     """The evaluation on every stage's model, in `<output>/<stage>/`, then the forgetting table."""
     from .forgetting import forgetting_table, write_forgetting
 
     results = {}
     for model in models:
-        path = _evaluate(spec, output, output / model.name, model, reuse=final_results, of_stage=True)
+        path = _evaluate(spec, output, output / model.name, model, clock, reuse=final_results, of_stage=True)
         results[model.name] = read_json(path)
     table = forgetting_table([m.name for m in models], {m.name: m.pairs for m in models}, results)
     stem = f"forgetting-{spec.name}" if spec.name else "forgetting"
@@ -675,8 +685,8 @@ def _results_stem(spec: EvaluationSpec) -> str:
     return f"results-{spec.name}" if spec.name else "results"
 
 
-def _evaluate(spec: EvaluationSpec, output: Path, folder: Path, model: StageModel, reuse: Path | None = None,
-              of_stage: bool = False) -> Path:
+def _evaluate(spec: EvaluationSpec, output: Path, folder: Path, model: StageModel, clock: PhaseClock,
+              reuse: Path | None = None, of_stage: bool = False) -> Path:
     """Evaluate `model` into `folder`, unless results for these weights (their digest), settings and
     data are there already (or in `reuse`, then copied); returns the results.json path. A stage's
     model (`of_stage`) is evaluated on those of the listed modalities it has."""
@@ -710,14 +720,14 @@ def _evaluate(spec: EvaluationSpec, output: Path, folder: Path, model: StageMode
         print(f"[pipeline] {label}: the same model as {reuse}, results copied")
     else:
         print(f"[pipeline] {label}: {model.folder} on {spec.manifest} ({spec.split})")
-        started = time.monotonic()
-        if spec.by is None:
-            evaluation = evaluate_folder(model.folder, **settings)
-            evaluation.trained = model.trained
-        else:
-            evaluation = evaluate_folder(model.folder, **{k: v for k, v in settings.items() if k not in NOT_BY})
-        evaluation.write(folder, extra={"hash": key}, stem=stem)
-        print(f"[pipeline] {label}: done in {_duration(time.monotonic() - started)}")
+        with clock.phase(label):
+            if spec.by is None:
+                evaluation = evaluate_folder(model.folder, **settings)
+                evaluation.trained = model.trained
+            else:
+                evaluation = evaluate_folder(model.folder, **{k: v for k, v in settings.items() if k not in NOT_BY})
+            evaluation.write(folder, extra={"hash": key}, stem=stem)
+        print(f"[pipeline] {label}: done in {duration(clock.phases[-1][1])}")
     return results_path
 
 
@@ -726,7 +736,3 @@ def _model_modalities(folder: Path) -> list[str]:
 
     return list(read_config(folder).encoders)
 
-
-def _duration(seconds: float) -> str:
-    minutes, seconds = divmod(round(seconds), 60)
-    return f"{minutes}m{seconds:02d}s" if minutes else f"{seconds}s"

@@ -13,9 +13,7 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.trainer.connectors.accelerator_connector import _PRECISION_INPUT
 
 from oneencoder.files import atomic_write_text
-from oneencoder.precision import AUTO, choose_precision
-
-PRECISION_RECORD = "precision.json"
+from oneencoder.precision import AUTO, PRECISION_RECORD, choose_precision
 
 
 class OneEncoderTrainer(Trainer):

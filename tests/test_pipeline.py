@@ -19,6 +19,7 @@ from conftest import tiny_encoder, tiny_model_config
 from safetensors.torch import load_file
 
 from oneencoder import OneEncoder
+from stages import pipeline
 from stages.config_merge import merge_stage_configs
 from stages.markdown import without_figures
 from stages.pipeline import (PipelineError, PipelineSpec, StageSpec, data_sources, has_feature_cache, model_trained_pairs, plan, resolve_stage_config, run_pipeline, stage_lock, start_model,
@@ -335,6 +336,27 @@ def test_stage_json_records_time_cost_and_pairs(two_stages, fake_fit):
     state = json.loads((two_stages.parent / "out/align-audio/stage.json").read_text())
     assert state["status"] == "done" and state["pairs"] == [["audio", "text"]]
     assert state["trainable_parameters"] == 1001 and isinstance(state["seconds"], float) and state["seconds"] >= 0
+
+
+def test_the_phases_that_ran_are_timed_in_order_and_a_rerun_times_none_it_skipped(two_stages, fake_fit, capsys,
+                                                                                 monkeypatch):
+    output = two_stages.parent / "out"
+    fit = pipeline.run_child
+
+    def fit_up_in_bf16(command):  # as the trainer's `precision: auto` records its choice
+        if Path(command[command.index("--config") + 1]).parent.name == "up":
+            (output / "up" / "precision.json").write_text(json.dumps({"precision": "bf16-mixed"}))
+        return fit(command)
+
+    monkeypatch.setattr(pipeline, "run_child", fit_up_in_bf16)
+    run_pipeline(two_stages)
+    phases = [row["phase"] for row in json.loads((output / "timings.json").read_text())["phases"]]
+    assert phases == ["up: feature cache", "up: training (bf16-mixed)", "align-audio: feature cache",
+                      "align-audio: training", "evaluation"]
+    assert "where the time went" in capsys.readouterr().out
+    run_pipeline(two_stages)
+    assert json.loads((output / "timings.json").read_text())["phases"] == []
+    assert "| total | 0s | |" in capsys.readouterr().out
 
 
 def test_start_from_is_the_first_stages_previous_model_and_counts_in_its_hash(two_stages, fake_fit, capsys):

@@ -12,7 +12,8 @@ import yaml
 
 from oneencoder import precision
 from stages.lightning_cli import OneEncoderCLI
-from stages.trainer import PRECISION_RECORD, OneEncoderTrainer
+from oneencoder.precision import PRECISION_RECORD
+from stages.trainer import OneEncoderTrainer
 
 UP_CONFIG = str(Path(__file__).parents[1] / "configs" / "up.yaml")
 
