@@ -146,7 +146,9 @@ def profile(spec: dict[str, Any]) -> dict[str, Any]:
     """Where one training step's time goes, on cached batches in memory, in `spec["precision"]`: forward
     per module (hooks), loss, backward, optimizer; the profiler's top operators; and the step's FLOPs
     (torch's FlopCounterMode, forward and backward), so that its achieved FLOP/s can be set against the
-    machine's matmul peak."""
+    machine's matmul peak. With `spec["compile"]` the projection and heads run `torch.compile`d (the
+    FLOPs counted eagerly, the time to compile reported apart, no per-module times: hooks would break
+    the compiled graphs)."""
     import torch
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
@@ -169,10 +171,6 @@ def profile(spec: dict[str, Any]) -> dict[str, Any]:
             lambda *_: phases.__setitem__(name, phases.get(name, 0.0) + time.perf_counter() - phases[f"_{name}"])
         )
 
-    for modality in model.heads:
-        timed(f"forward: {modality} head", model.heads[modality])
-    timed("forward: universal projection", model.up)
-
     bf16 = spec["precision"].startswith("bf16")
 
     def step(batch: dict[str, Any]) -> None:
@@ -194,6 +192,19 @@ def profile(spec: dict[str, Any]) -> dict[str, Any]:
     with FlopCounterMode(display=False) as counter:
         step(batches[0])
     step_flops = counter.get_total_flops()
+    compile_s = None
+    if spec.get("compile"):
+        model.up = torch.compile(model.up)
+        for modality in list(model.heads):
+            model.heads[modality] = torch.compile(model.heads[modality])
+        started = time.perf_counter()
+        for batch in batches[:3]:  # every batch shape the loop meets, compiled before it is timed
+            step(batch)
+        compile_s = time.perf_counter() - started
+    else:
+        for modality in model.heads:
+            timed(f"forward: {modality} head", model.heads[modality])
+        timed("forward: universal projection", model.up)
     phases.clear()
     with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
         for batch in batches:
@@ -204,7 +215,7 @@ def profile(spec: dict[str, Any]) -> dict[str, Any]:
     ops = {e.key: e.self_cpu_time_total / 1e6 / len(batches) for e in top}
     step_s = total / len(batches)
     return {"step_s": step_s, "shares": shares, "top_ops_s_per_step": ops, "step_flops": step_flops,
-            "achieved_gflops": step_flops / step_s / 1e9}
+            "achieved_gflops": step_flops / step_s / 1e9, "compile_s": compile_s}
 
 
 CHILDREN = {"build": build, "train": train, "profile": profile}
@@ -267,8 +278,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         runs.update({variant: median_run(measured) for variant, measured in repeats.items()})
         results["precisions"][precision] = summarise(runs, results["cache"]["float32"], args.epochs)
     for precision in args.precisions:
-        print(f"profiling a {precision} step ...", flush=True)
-        results["profiles"][precision] = child("profile", {**spec, "precision": precision})
+        for compiled in (False, True):
+            name = f"{precision}, compiled" if compiled else precision
+            print(f"profiling a {name} step ...", flush=True)
+            results["profiles"][name] = child("profile", {**spec, "precision": precision, "compile": compiled})
     results["cache"]["fp16_over_fp32_size"] = results["cache"]["float16"]["bytes"] / results["cache"]["float32"]["bytes"]
     return results
 
@@ -353,11 +366,14 @@ def table(results: dict[str, Any]) -> str:
     lines += ["", f"CPU: {cpu['cpu']} (flags: {', '.join(cpu['cpu_flags']) or 'none of ' + ', '.join(BF16_FLAGS)});"
                   f" {PEAK_SIZE}x{PEAK_SIZE} matmul peak: "
                   + ", ".join(f"{p} {g:.0f} GFLOP/s" for p, g in cpu["matmul_gflops"].items()), "",
-              "| precision | cached step (ms) | step GFLOP | achieved GFLOP/s | share of that precision's matmul peak |",
-              "|---|---|---|---|---|"]
-    for precision, profile in results["profiles"].items():
-        lines.append(f"| {precision} | {profile['step_s'] * 1000:.0f} | {profile['step_flops'] / 1e9:.1f}"
-                     f" | {profile['achieved_gflops']:.0f} | {profile['achieved_gflops'] / cpu['matmul_gflops'][precision]:.1%} |")
+              "| precision | cached step (ms) | step GFLOP | achieved GFLOP/s | share of that precision's matmul peak"
+              " | compiling (s) |",
+              "|---|---|---|---|---|---|"]
+    for name, profile in results["profiles"].items():
+        peak = cpu["matmul_gflops"][name.split(",")[0]]
+        compiling = "" if profile.get("compile_s") is None else f"{profile['compile_s']:.0f}"
+        lines.append(f"| {name} | {profile['step_s'] * 1000:.0f} | {profile['step_flops'] / 1e9:.1f}"
+                     f" | {profile['achieved_gflops']:.0f} | {profile['achieved_gflops'] / peak:.1%} | {compiling} |")
     for precision, profile in results["profiles"].items():
         lines += ["", f"where a {precision} step's time goes (step {profile['step_s'] * 1000:.0f} ms on cached batches):"]
         lines += [f"  {name:32s} {share:6.1%}" for name, share in sorted(profile["shares"].items(), key=lambda x: -x[1])]

@@ -170,6 +170,7 @@ def build_cache(
         raise ValueError(f"augment applies to images, not to {modality!r}")
     folder = Path(root) / modality
     folder.mkdir(parents=True, exist_ok=True)
+    precision = _precision_run(encoder, precision)
     with _build_lock(folder):
         memo = signature_memo(folder)
         items = sources(records, modality, memo, augment)
@@ -302,6 +303,11 @@ def _header(
         "items_per_shard": items_per_shard,
         "sources": {item.key: item.signature for item in items},
     })
+
+
+def _precision_run(encoder: FrozenEncoder, precision: str) -> str:
+    """The precision `encoder` really runs in when asked for `precision`, as the header records it."""
+    return precision if encoder.follows_autocast else FP32
 
 
 def _shard_path(folder: Path, index: int) -> Path:
@@ -481,6 +487,7 @@ class FeatureCache:
             )
         if dtype != self.header["dtype"]:
             raise StaleCacheError(f"{self.folder} stores {self.header['dtype']} features, the config asks for {dtype}.{replace}")
+        precision = _precision_run(encoder, precision)
         if precision != self.precision:
             raise StaleCacheError(
                 f"{self.folder} was encoded in {self.precision}, the config asks for {precision} (`cache_precision`;"

@@ -263,6 +263,14 @@ def test_a_bf16_cache_is_encoded_under_autocast_recorded_and_refused_under_fp32(
         _build(tmp_path / "bf16", modality, small_set)
 
 
+def test_an_encoder_outside_torch_records_the_fp32_it_runs_in_and_serves_a_bf16_config(small_set, tmp_path):
+    encoder = build_encoder(tiny_encoder("text"))
+    encoder.follows_autocast = False  # as the CTranslate2 Whisper encoder
+    folder = _build(tmp_path / "cache", "text", small_set, encoder=encoder, precision="bf16-mixed")
+    assert FeatureCache(folder).precision == "32-true"
+    FeatureCache(folder).check(encoder, sources(read_manifest(small_set), "text"), precision="bf16-mixed")
+
+
 def test_a_cache_from_before_the_precision_setting_reads_as_fp32(small_set, tmp_path):
     folder = _build(tmp_path / "cache", "text", small_set)
     header = json.loads((folder / "header.json").read_text())

@@ -100,6 +100,7 @@ class WhisperEncoder(FrozenEncoder):
     `max_seconds` (default 10), which also sets the encoder's window."""
 
     kind = "audio"
+    follows_autocast = False  # CTranslate2 runs it, in float32 (it has no bf16 on CPUs)
 
     def __init__(self, config: EncoderConfig) -> None:
         if config.pretrained is None:
