@@ -51,12 +51,11 @@ class ManifestDataModule(LightningDataModule):
     modality to such a folder, so that a stage reads another stage's cache of the same records: the
     codebook demo reads the align-video stage's video features), batches carry the encoders' token
     features read from that cache instead of raw inputs, and the encoders' weights are never loaded.
-    The cache is built on first use
-    (in `prepare_data`, by one process per node) and refused when it no longer matches the encoders or
-    the files; `cache_dtype: float16` halves its size, and `cache_precision: auto` encodes in bf16 where
-    the machine runs bf16 fast (the cache records it and is refused under another precision). It holds one encoding per item, read the
-    evaluation way (the first `max_seconds`, frames spread over the whole video), so training from
-    it sees no random windows. With `augment` (e.g. `augment: {views: 4}`; see augment.ImageAugment),
+    The cache is built on first use (in `prepare_data`, by one process per node) and refused when it
+    no longer matches the encoders or the files; `cache_dtype: float16` halves its size, and
+    `cache_precision: auto` encodes in bf16 where the machine runs bf16 fast (the cache records it and
+    is refused under another precision). It holds one encoding per item, read the evaluation way (the
+    first `max_seconds`, frames spread over the whole video), so training from it sees no random windows. With `augment` (e.g. `augment: {views: 4}`; see augment.ImageAugment),
     the image cache holds `views` views per image, view 0 the plain image: training reads the view
     each item's draw picks, evaluation view 0. Augmentation lives only in the cache (fixed views,
     encoded once), so `augment` without `feature_cache` is refused rather than silently ignored.

@@ -22,7 +22,7 @@ import time
 import traceback
 import warnings
 from pathlib import Path
-from typing import Callable, Optional, Sequence, Union
+from typing import Callable, Optional, Sequence, Union, get_args
 
 from jsonargparse import ArgumentParser, Namespace
 
@@ -361,7 +361,9 @@ def _codebook_arguments(parser: ArgumentParser) -> None:
     parser.add_argument("--feature_cache", type=Optional[Union[str, dict[str, str]]], default=None,
                         help="the encoders' feature cache: a folder, or {modality: folder} as the stage's config has it")
     parser.add_argument("--cache_dtype", default="float32", help="the cache's storage dtype (the stage config's)")
-    parser.add_argument("--cache_precision", default="32-true", choices=["auto", "bf16-mixed", "32-true"],
+    from oneencoder.precision import FP32, EncodingPrecision
+
+    parser.add_argument("--cache_precision", default=FP32, choices=list(get_args(EncodingPrecision)),
                         help="the precision the cache's encoders ran in (the stage config's `cache_precision`)")
     parser.add_argument("--modalities", nargs="+", default=["audio", "video"],
                         help="the labelled modalities, every ordered pair of which is evaluated")

@@ -190,7 +190,7 @@ def fake_lead_modules(monkeypatch):
     """The lead's feature extraction and model, replaced: the commands' own logic, without a model."""
     calls = []
 
-    def extract_features(model, manifest, feature_cache, modalities, toc, cache_dtype):
+    def extract_features(model, manifest, feature_cache, modalities, toc, cache_dtype, cache_precision):
         calls.append((model.folder, manifest, feature_cache, modalities, toc))
         return select_dimensions(planted(dim=8), model.config.toc) if toc and model.config.toc else planted(dim=8)
 
