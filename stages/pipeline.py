@@ -60,7 +60,6 @@ import yaml
 from datamodules.manifest import MEDIA_FIELDS, BadRecordError, ManifestError, manifest_paths, read_manifests
 from datamodules.signatures import SignatureMemo
 from oneencoder.files import atomic_write_text, atomic_write_with, exclusive_lock
-from oneencoder.precision import PRECISION_RECORD
 
 from .config_merge import merge_stage_configs
 from .markdown import without_figures
@@ -479,6 +478,8 @@ class StageRun:
             )
         seconds = time.monotonic() - started
         self.write_state("done", previous_weights, weights, seconds)
+        from oneencoder.precision import PRECISION_RECORD  # here: `oneencoder compare` imports this module without torch
+
         precision = (read_json(self.folder / PRECISION_RECORD) or {}).get("precision")
         clock.phases.append((f"{self.spec.name}: training" + (f" ({precision})" if precision else ""), seconds))
         print(f"[pipeline] {self.spec.name}: done in {duration(seconds)}")
