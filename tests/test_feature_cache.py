@@ -263,6 +263,16 @@ def test_a_bf16_cache_is_encoded_under_autocast_recorded_and_refused_under_fp32(
         _build(tmp_path / "bf16", modality, small_set)
 
 
+def test_a_group_norm_audio_encoder_run_unpadded_encodes_under_bf16(small_set, tmp_path):
+    config = tiny_encoder("audio")
+    config.model_config = {**config.model_config, "feat_extract_norm": "group"}  # as configs/align_audio.yaml
+    exact = FeatureCache(_build(tmp_path / "fp32", "audio", small_set, encoder=build_encoder(config)))
+    bf16 = FeatureCache(_build(tmp_path / "bf16", "audio", small_set, encoder=build_encoder(config),
+                               precision="bf16-mixed"))
+    key = sources(read_manifest(small_set), "audio")[0].key
+    assert bf16[key].shape == exact[key].shape and 0 < (bf16[key] - exact[key]).abs().max() < 0.1
+
+
 def test_an_encoder_outside_torch_records_the_fp32_it_runs_in_and_serves_a_bf16_config(small_set, tmp_path):
     encoder = build_encoder(tiny_encoder("text"))
     encoder.follows_autocast = False  # as the CTranslate2 Whisper encoder

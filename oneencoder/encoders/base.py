@@ -60,7 +60,7 @@ class FrozenEncoder(ABC):
     """
 
     kind: ClassVar[str]
-    follows_autocast: ClassVar[bool] = True  # False where the weights run outside torch: bf16 autocast never reaches them
+    follows_autocast: ClassVar[bool] = True  # False where the weights run outside torch, out of autocast's reach
 
     def __init__(self, config: EncoderConfig) -> None:
         self.config = config

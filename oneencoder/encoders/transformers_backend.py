@@ -299,7 +299,8 @@ class AudioEncoder(TransformersEncoder):
             rows = (samples == length).nonzero().squeeze(1)
             count = int(frames[rows[0]])
             if count > 0:  # a clip shorter than one frame has no features, as when padded
-                hidden[rows, :count] = self.module(input_values=values[rows, :length]).last_hidden_state
+                output = self.module(input_values=values[rows, :length]).last_hidden_state
+                hidden[rows, :count] = output.to(hidden.dtype)  # bf16 under autocast, the buffer fp32
         return hidden
 
 
