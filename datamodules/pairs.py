@@ -136,13 +136,14 @@ class ManifestDataModule(LightningDataModule):
                 " --data.init_args.feature_cache=DIR"
             )
         records, _ = self._usable_records()
+        precision = resolve_precision(self.cache_precision, device)
         for modality in self.modalities:
             build_cache(
                 self.cache_root(modality), modality, records, self._encoders()[modality], dtype=self.cache_dtype,
                 batch_size=self.eval_batch_size, num_workers=self.num_workers,
                 skip_bad_records=self.skip_bad_records, device=device, overwrite=overwrite,
                 video_backend=self.video_backend, max_image_pixels=self.max_image_pixels,
-                augment=self._augment(modality), precision=resolve_precision(self.cache_precision, device),
+                augment=self._augment(modality), precision=precision,
             )
 
     def setup(self, stage: str | None = None) -> None:
