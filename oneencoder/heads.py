@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .dropout import CheapMaskDropout
+
 
 class ProjectionHead(nn.Module):
     """Per token: Linear(in -> hidden), GELU, Linear(hidden -> d), Dropout, LayerNorm (OneEncoder's head
@@ -30,7 +32,7 @@ class ProjectionHead(nn.Module):
             nn.Linear(in_dim, hidden_dim),
             nn.GELU(),
             nn.Linear(hidden_dim, out_dim),
-            nn.Dropout(dropout),
+            CheapMaskDropout(dropout),
             nn.LayerNorm(out_dim),
         )
         self.positions = None if max_positions is None else nn.Parameter(torch.zeros(max_positions, out_dim))

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import ProjectionConfig
+from .dropout import use_cheap_masks
 
 
 class UniversalProjection(nn.Module):
@@ -16,7 +17,7 @@ class UniversalProjection(nn.Module):
     def __init__(self, dim: int, num_layers: int, num_heads: int, ff_dim: int, dropout: float) -> None:
         super().__init__()
         self.norm = nn.LayerNorm(dim)
-        layer = nn.TransformerEncoderLayer(dim, num_heads, ff_dim, dropout, batch_first=True)
+        layer = use_cheap_masks(nn.TransformerEncoderLayer(dim, num_heads, ff_dim, dropout, batch_first=True))
         # The nested-tensor fast path changes results with padding; keep one numeric path.
         self.encoder = nn.TransformerEncoder(layer, num_layers, enable_nested_tensor=False)
 
