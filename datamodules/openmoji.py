@@ -27,9 +27,10 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 import soundfile
 import torch
-import torchaudio.functional
 from PIL import Image
 from tqdm import tqdm
+
+from oneencoder.readers import resample
 
 from .manifest import SPLITS, read_manifest
 from .npm import fetch_package
@@ -275,7 +276,7 @@ def speak(job: Job) -> bool:
     waveform, rate = soundfile.read(raw, dtype="float32", always_2d=True)
     raw.unlink()
     mono = torch.from_numpy(waveform.mean(axis=1))
-    resampled = torchaudio.functional.resample(mono, rate, SAMPLING_RATE).clamp(-1.0, 1.0).numpy()
+    resampled = resample(mono, rate, SAMPLING_RATE).clamp(-1.0, 1.0).numpy()
     partial = partial_path(job.audio)
     soundfile.write(partial, resampled, SAMPLING_RATE, subtype="PCM_16", format="WAV")
     partial.replace(job.audio)

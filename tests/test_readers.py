@@ -29,7 +29,7 @@ from datamodules.manifest import read_manifest
 from datamodules.pairs_dataset import PairDataset
 from datamodules.shapes import write_shapes_dataset, write_video
 from oneencoder.encoders import build_encoder
-from oneencoder.readers import ImageTooLargeError, frame_indices
+from oneencoder.readers import ImageTooLargeError, frame_indices, resample
 from stages.cli import main
 
 RATE = 16000
@@ -61,6 +61,16 @@ def test_resampling_8k_to_16k_keeps_duration_and_pitch(tmp_path):
     waveform = AudioReader(RATE)(path)
     assert len(waveform) == RATE
     assert _peak_hz(waveform) == pytest.approx(440, abs=2)
+
+
+@pytest.mark.parametrize("rate", [8000, 22050, 44100])
+def test_resampling_with_the_kernel_made_once_gives_torchaudio_s_samples(rate):
+    import torch
+    import torchaudio.functional
+
+    for seconds in (1.5, 0.3):  # the second clip reuses the first one's kernel
+        waveform = torch.randn(int(rate * seconds))
+        assert torch.equal(resample(waveform, rate, RATE), torchaudio.functional.resample(waveform, rate, RATE))
 
 
 def test_stereo_is_averaged_and_more_channels_are_refused(tmp_path):
