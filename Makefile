@@ -173,7 +173,7 @@ test-slow: install  ## only the slow tests: DDP launches, the pipeline killed an
 test-full: install  ## every test, slow ones (DDP launches, full stage runs) included
 	$(PY) -m pytest -q -m ''
 
-bench: install  ## feature cache vs online encoding, ViT-base + BERT-base sized (about 30 min on 2 cores)
+bench: install  ## feature cache vs online encoding, ViT-base + BERT-base sized (15-30 min on 2 cores)
 	$(PY) -m benchmarks.cache_speed
 
 bench-search: install  ## exact vs approximate faiss indexes at 10k, 100k, 1M vectors; evaluation memory at 100k x 100k
