@@ -31,8 +31,8 @@ import numpy as np
 import soundfile
 import torch
 import torchaudio.transforms
-from torch import Tensor
 from PIL import Image, UnidentifiedImageError
+from torch import Tensor
 
 from .encoders.base import Preprocessor
 
