@@ -8,6 +8,9 @@ complete, an interrupted build resumes at the first missing shard, and readers (
 DDP processes) only ever memory-map finished files. One build at a time holds the folder's lock file;
 a second one waits for it, then finds the cache done.
 
+Captions are keyed by their content (`caption_key`): a caption that several records share (templated
+captions, one concept drawn in several styles) is encoded and stored once.
+
 header.json records what made the features (the encoder's fingerprint and its description: weights
 identity and preprocessing settings, the video backend, the storage dtype, the precision the encoder
 ran in: bf16-mixed where the machine runs bf16 fast, see oneencoder/precision.py) and each source's
@@ -55,7 +58,10 @@ log = logging.getLogger(__name__)
 
 FORMAT = "oneencoder-feature-cache"
 # 2: media signatures hold the path and a content digest; the video backend is recorded.
-FORMAT_VERSION = 2
+# 3: captions keyed by their content, each distinct caption encoded once; media caches as in 2, which
+# are read as they are (a caption cache is cheap to rebuild, an image or video cache may take hours).
+FORMAT_VERSION = 3
+OLDEST_MEDIA_VERSION = 2
 HEADER_NAME = "header.json"
 LOCK_NAME = ".build.lock"
 MEMO_NAME = "signatures.json"
@@ -82,8 +88,9 @@ class Source:
     where: str  # manifest line and id, for error messages
 
 
-def text_key(record_id: str, caption_index: int) -> str:
-    return f"{record_id}#{caption_index}"
+def caption_key(caption: str) -> str:
+    """A caption's key in a text cache, and its signature: its content's digest."""
+    return f"sha256:{hashlib.sha256(caption.encode()).hexdigest()[:16]}"
 
 
 def view_key(record_id: str, view: int) -> str:
@@ -105,9 +112,9 @@ def signature_memo(folder: str | os.PathLike[str]) -> SignatureMemo:
 
 def sources(records: Sequence[Record], modality: str, memo: SignatureMemo | None = None,
             augment: ImageAugment | None = None) -> list[Source]:
-    """Every item of `modality` in the records, in manifest order (captions one by one; with `augment`,
-    every image's view 0, then every image's view 1, ...); `memo` spares hashing media files unchanged
-    since it saw them."""
+    """Every item of `modality` in the records, in manifest order (each distinct caption once, where it
+    first occurs; with `augment`, every image's view 0, then every image's view 1, ...); `memo` spares
+    hashing media files unchanged since it saw them."""
     if modality != "text":
         paths = [record.path(modality) for record in records]
         signatures = (memo or SignatureMemo(None)).signatures(paths)
@@ -117,12 +124,12 @@ def sources(records: Sequence[Record], modality: str, memo: SignatureMemo | None
         keyed = [(view_key(item.key, view), item) for view in range(1, views) for item in plain]
         return plain + [Source(key, item.signature, AugmentedView(item.value, view_seed(key)), item.where)
                         for key, item in keyed]
-    items = []
+    items: dict[str, Source] = {}
     for record in records:
-        for index, caption in enumerate(record.captions()):
-            digest = hashlib.sha256(caption.encode()).hexdigest()[:16]
-            items.append(Source(text_key(record.id, index), f"sha256:{digest}", caption, record.where()))
-    return items
+        for caption in record.captions():
+            key = caption_key(caption)
+            items.setdefault(key, Source(key, key, caption, record.where()))
+    return list(items.values())
 
 
 def pad_features(rows: Sequence[Tensor]) -> dict[str, Tensor]:
@@ -415,11 +422,14 @@ class FeatureCache:
         if not path.is_file():
             raise FileNotFoundError(f"{path} not found: {self.folder} is not a feature cache (build one with `oneencoder cache`)")
         self.header = json.loads(path.read_text())
-        if self.header.get("format") != FORMAT or self.header.get("format_version") != FORMAT_VERSION:
+        oldest = FORMAT_VERSION if self.header.get("modality") == "text" else OLDEST_MEDIA_VERSION
+        version = self.header.get("format_version")
+        if self.header.get("format") != FORMAT or version not in range(oldest, FORMAT_VERSION + 1):
+            readable = ", ".join(str(v) for v in range(oldest, FORMAT_VERSION + 1))
             raise StaleCacheError(
                 f"{path} is not a feature cache this oneencoder reads (format {self.header.get('format')!r}"
-                f" version {self.header.get('format_version')}, expected {FORMAT!r} version {FORMAT_VERSION}:"
-                " version 2 signs media by path and content and records the video backend). Rebuild it:"
+                f" version {version}, expected {FORMAT!r} version {readable}: version 2 signs media by path and"
+                " content, version 3 keys captions by their content). Rebuild it:"
                 f" `oneencoder cache --overwrite --config <your stage config>`, or delete {self.folder}"
             )
         self.precision = self.header.get("precision", FP32)  # caches from before the setting were encoded in fp32
@@ -500,18 +510,17 @@ class FeatureCache:
         is unfinished. Building again encodes only the shards concerned."""
         update = f" Update it with {CACHE_COMMAND}: it encodes again only the shards holding those items."
         signatures = self.header["sources"]
-        absent = [item.key for item in items if item.key not in signatures]
+        absent = [item for item in items if item.key not in signatures]
         changed = [item for item in items if item.key in signatures and signatures[item.key] != item.signature]
         if absent:
             raise StaleCacheError(
-                f"{self.folder} has no features for {len(absent)} of {len(items)} items (e.g. {absent[:3]});"
-                f" the manifest gained records since the cache was built.{update}"
+                f"{self.folder} has no features for {len(absent)} of {len(items)} items (e.g. {_examples(absent)});"
+                f" the manifest gained records, or captions changed, since the cache was built.{update}"
             )
         if changed:
-            examples = ", ".join(str(item.value) if isinstance(item.value, Path) else item.where for item in changed[:3])
             raise StaleCacheError(
                 f"{self.folder}: {len(changed)} sources changed since the cache was built (file content or"
-                f" path, caption text), e.g. {examples}.{update}"
+                f" path), e.g. {_examples(changed)}.{update}"
             )
         if self.missing_shards:
             raise StaleCacheError(
@@ -532,6 +541,11 @@ class FeatureCache:
     def __getstate__(self) -> dict[str, Any]:
         # Open memory maps do not cross process boundaries; each worker opens its own.
         return {**self.__dict__, "_handles": {}}
+
+
+def _examples(items: Sequence[Source]) -> str:
+    """A few items as an error names them: a media file's path, a caption's manifest line and record."""
+    return ", ".join(str(item.value) if isinstance(item.value, Path) else item.where for item in items[:3])
 
 
 def _corrupt(path: Path, found: str) -> CorruptCacheError:

@@ -13,7 +13,7 @@ from torch.utils.data import Dataset
 
 from oneencoder.readers import MediaError, Reader
 
-from .feature_cache import FeatureCache, pick_view, text_key, view_key
+from .feature_cache import FeatureCache, caption_key, pick_view, view_key
 from .manifest import BadRecordError, Record
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ class PairDataset(Dataset):
         captions = record.captions()
         indices: Sequence[int] = range(len(captions)) if draw is None else [draw % len(captions)]
         if "text" in self.caches:
-            return [self.caches["text"][text_key(record.id, i)] for i in indices]
+            return [self.caches["text"][caption_key(captions[i])] for i in indices]
         return [captions[i] for i in indices]
 
     def _media(self, record: Record, modality: str, draw: int | None, rng: random.Random | None) -> Any:

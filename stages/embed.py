@@ -40,9 +40,9 @@ from datamodules.feature_cache import (
     ReadingDataset,
     StaleCacheError,
     pad_features,
+    caption_key,
     signature_memo,
     sources,
-    text_key,
 )
 from datamodules.manifest import SPLITS, BadRecordError, Record, read_manifest
 from oneencoder.embeddings import (
@@ -104,13 +104,23 @@ class Item:
     name: str
     problem: str | None = None
 
+    @property
+    def cache_key(self) -> str:
+        """Its key in a feature cache: a caption's content (captions are shared), a media item's id."""
+        return caption_key(self.value) if isinstance(self.value, str) else self.id
+
+
+def text_key(owner: str, caption_index: int) -> str:
+    """A caption's id in the embeddings: its record's (or caption file's) id and its place there."""
+    return f"{owner}#{caption_index}"
+
 
 # --- what to embed ------------------------------------------------------------------------------------
 
 
 def manifest_items(records: Sequence[Record], modality: str) -> list[Item]:
-    """The records' items of `modality` in manifest order, captions one by one, with the ids a
-    feature cache keys them by."""
+    """The records' items of `modality` in manifest order, captions one by one (each with its own id,
+    `<record>#<index>`, even where records share a caption)."""
     items = []
     for record in records:
         if modality not in record.fields:
@@ -189,7 +199,7 @@ def plan_items(source: Path, modalities: Sequence[str], split: str | None,
 
 @dataclass
 class CachedItems:
-    """One modality's feature cache and the ids of the items it serves as they are now."""
+    """One modality's feature cache and the cache keys of the items it serves as they are now."""
 
     cache: FeatureCache
     served: set[str] = field(default_factory=set)
@@ -282,14 +292,14 @@ def _embed_shard(job: _Job, chunk: list[Item], progress: tqdm) -> Shard:
     model, modality, size = job.model, job.modality, job.settings.batch_size
     vectors: dict[int, Tensor] = {}
     served = job.cached.served if job.cached else set()
-    cached = [i for i, item in enumerate(chunk) if item.id in served]
+    cached = [i for i, item in enumerate(chunk) if item.cache_key in served]
     for start in range(0, len(cached), size):
         batch = cached[start : start + size]
-        padded = pad_features([job.cached.cache[chunk[i].id] for i in batch])
+        padded = pad_features([job.cached.cache[chunk[i].cache_key] for i in batch])
         projected = model.project(modality, padded["features"].to(job.device), padded["mask"].to(job.device))
         vectors.update(zip(batch, projected.float().cpu()))
         progress.update(len(batch))
-    positions = [i for i, item in enumerate(chunk) if item.id not in served]
+    positions = [i for i, item in enumerate(chunk) if item.cache_key not in served]
     online = [chunk[i] for i in positions]
     problems = [_known_problem(item, job.reader) for item in online]
     dataset = ReadingDataset([item.value for item in online], job.reader, problems)

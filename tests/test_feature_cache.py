@@ -21,10 +21,12 @@ from datamodules.feature_cache import (
     FeatureCache,
     StaleCacheError,
     build_cache,
+    caption_key,
     sources,
 )
 from datamodules import signatures
 from datamodules.signatures import FULL_HASH_BYTES, SignatureMemo, media_signature, media_signatures
+from datamodules.pairs_dataset import PairDataset
 from datamodules.shapes import write_shapes_dataset
 from oneencoder import OneEncoder
 from oneencoder.encoders import build_encoder
@@ -109,7 +111,7 @@ def test_a_cache_whose_files_or_captions_changed_is_refused_naming_them(small_se
     first = json.loads(lines[0])
     first["text"][0] = "a changed caption"
     small_set.write_text("\n".join([json.dumps(first), *lines[1:]]) + "\n")
-    with pytest.raises(StaleCacheError, match=r"sources changed.*manifest.jsonl:1"):
+    with pytest.raises(StaleCacheError, match=r"no features for 1 of .*manifest.jsonl:1.*captions changed"):
         FeatureCache(text_folder).check(build_encoder(tiny_encoder("text")), sources(read_manifest(small_set), "text"))
 
 
@@ -291,14 +293,45 @@ def test_a_cache_from_before_the_precision_setting_reads_as_fp32(small_set, tmp_
         _build(tmp_path / "cache", "text", small_set, precision="bf16-mixed")
 
 
-def test_a_cache_of_an_older_format_asks_for_a_rebuild(small_set, tmp_path):
-    folder = _build(tmp_path / "cache", "text", small_set)
+def _set_format_version(folder, version):
     header = json.loads((folder / "header.json").read_text())
-    (folder / "header.json").write_text(json.dumps({**header, "format_version": 1}))
-    with pytest.raises(StaleCacheError, match=r"version 1, expected .* version 2.*Rebuild it.*--overwrite"):
+    (folder / "header.json").write_text(json.dumps({**header, "format_version": version}))
+
+
+def test_a_caption_cache_of_an_older_format_asks_for_a_rebuild_a_media_cache_of_version_2_serves(small_set, tmp_path):
+    folder = _build(tmp_path / "cache", "text", small_set)
+    _set_format_version(folder, 2)  # captions keyed by record and position then
+    with pytest.raises(StaleCacheError, match=r"version 2, expected .* version 3: .*Rebuild it.*--overwrite"):
         _build(tmp_path / "cache", "text", small_set)
     _build(tmp_path / "cache", "text", small_set, overwrite=True)
-    assert FeatureCache(folder).header["format_version"] == 2
+    assert FeatureCache(folder).header["format_version"] == 3
+    images = _build(tmp_path / "cache", "image", small_set)
+    _set_format_version(images, 2)
+    FeatureCache(images).check(build_encoder(tiny_encoder("image")), sources(read_manifest(small_set), "image"))
+    _set_format_version(images, 1)
+    with pytest.raises(StaleCacheError, match=r"version 1, expected .* version 2, 3"):
+        FeatureCache(images)
+
+
+def test_a_caption_that_records_share_is_encoded_once_and_serves_each_of_them(small_set, tmp_path, monkeypatch):
+    lines = small_set.read_text().splitlines()
+    shared = "the same caption in two records"
+    rows = [json.loads(line) for line in lines[:2]]
+    for row in rows:
+        row["text"] = [shared, *row["text"][1:]] if isinstance(row["text"], list) else shared
+    small_set.write_text("\n".join([*map(json.dumps, rows), *lines[2:]]) + "\n")
+    encoded = []
+    encoder = build_encoder(tiny_encoder("text"))
+    original = encoder.preprocessor.__class__.__call__
+    monkeypatch.setattr(encoder.preprocessor.__class__, "__call__",
+                        lambda self, captions: encoded.extend(captions) or original(self, captions))
+    records = read_manifest(small_set)
+    cache = FeatureCache(_build(tmp_path / "cache", "text", small_set, encoder=encoder, num_workers=0))
+    assert encoded.count(shared) == 1
+    assert len(encoded) == len(set(encoded)) == len({c for r in records for c in r.captions()})
+    dataset = PairDataset(records[:2], ("text",), False, caches={"text": cache})
+    first, second = dataset[0]["text"][0], dataset[1]["text"][0]
+    assert torch.equal(first, second) and torch.equal(first, cache[caption_key(shared)])
 
 
 def _shard_content(path):
