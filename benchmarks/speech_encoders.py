@@ -1,4 +1,4 @@
-"""Which bundled speech encoder the demo uses: Whisper-base (CTranslate2) against openWakeWord's
+"""Which bundled speech encoder the demo uses: Whisper-base against openWakeWord's
 speech embedding, on the demo's own spoken captions.
 
 Both encoders turn each clip into frame tokens; each clip is summarised by the mean and the max of its
@@ -108,7 +108,7 @@ def main() -> None:
     targets = caption_embeddings([r.captions()[0] for r in chosen])
     encoders: dict[str, Callable[[list[np.ndarray]], np.ndarray]] = {
         "openWakeWord speech embedding (96-d per 80 ms)": openwakeword_summaries,
-        "whisper-base (CTranslate2, 512-d per 20 ms)": whisper_summaries,
+        "whisper-base (512-d per 20 ms)": whisper_summaries,
     }
     results = {}
     for name, summaries in encoders.items():

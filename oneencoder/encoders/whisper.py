@@ -1,5 +1,5 @@
-"""Whisper's audio encoder run by CTranslate2 (the form faster-whisper ships): speech as one 512-d
-token per 20 ms (whisper-base).
+"""Whisper's audio encoder, its weights read from the CTranslate2 form that faster-whisper ships and run
+by torch: speech as one 512-d token per 20 ms (whisper-base).
 
 Whisper was trained on 30-second windows, but its encoder runs on shorter ones (it only uses the
 first positions of its embedding), and a window sized to the clips costs a fraction of 30 s: about
@@ -9,8 +9,8 @@ window's silent padding) are masked out.
 
 from __future__ import annotations
 
-import logging
 import math
+import struct
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -22,12 +22,12 @@ from ..config import EncoderConfig
 from .base import EncoderOutput, FrozenEncoder, Preprocessor, folder_digest
 from .bundled import bundled_identity, is_bundled, resolve
 
-log = logging.getLogger(__name__)
-
 SAMPLING_RATE = 16000
 SAMPLES_PER_TOKEN = 320  # 10 ms mel hop, then a stride-2 convolution
 MAX_WINDOW_SECONDS = 30  # the length of Whisper's position embedding
 WIDTHS = {"tiny": 384, "base": 512, "small": 768, "medium": 1024, "large": 1280}
+CT2_BINARY_VERSION = 6
+CT2_DTYPES = (np.float32, np.int8, np.int16, np.int32, np.float16)  # CTranslate2's DataType order (bf16 next)
 
 
 class WhisperPreprocessor(Preprocessor):
@@ -61,38 +61,89 @@ class WhisperPreprocessor(Preprocessor):
         """Nothing to write: the settings live in the encoder's config."""
 
 
-class CTranslate2WhisperEncoder(nn.Module):
-    """A CTranslate2 Whisper model behind nn.Module's `to()`; it holds no torch parameters."""
+def read_ctranslate2_variables(path: Path) -> dict[str, Tensor]:
+    """The named tensors of a CTranslate2 `model.bin` (binary format 6, which CTranslate2 4 writes).
 
-    def __init__(self, folder: str) -> None:
-        super().__init__()
-        self.folder = folder
-        self.device = torch.device("cpu")
-        self.model = self._load("cpu")
+    CTranslate2 runs only fp32 (or int8) on CPUs; read into torch, the same weights run under bf16
+    autocast where the machine has fast bf16 (about twice as fast as CTranslate2's fp32 on a 2-core
+    AMX Xeon), and on any torch device.
+    """
+    data = path.read_bytes()
+    position = 0
 
-    def _load(self, device: str) -> Any:
-        import ctranslate2
+    def take(layout: str) -> Any:
+        nonlocal position
+        (value,) = struct.unpack_from(layout, data, position)
+        position += struct.calcsize(layout)
+        return value
 
-        threads = torch.get_num_threads() if device == "cpu" else 1
-        return ctranslate2.models.Whisper(self.folder, device=device, compute_type="float32", intra_threads=threads)
+    def text() -> str:
+        nonlocal position
+        size = take("H")  # bytes with the closing NUL
+        value = data[position : position + size - 1].decode()
+        position += size
+        return value
 
-    def to(self, device: torch.device | str, *args: Any, **kwargs: Any) -> CTranslate2WhisperEncoder:
-        import ctranslate2
+    version = take("I")
+    if version != CT2_BINARY_VERSION:
+        raise ValueError(f"{path}: CTranslate2 binary format {version}, this reader reads format {CT2_BINARY_VERSION}"
+                         " (CTranslate2 4.x): convert the model again with a CTranslate2 4 converter")
+    text(), take("I")  # the spec's name and revision
+    variables = {}
+    for _ in range(take("I")):
+        name = text()
+        shape = [take("I") for _ in range(take("B"))]
+        type_id, size = take("B"), take("I")
+        if type_id >= len(CT2_DTYPES) or name.endswith("weight_scale"):
+            raise ValueError(f"{path}: {name} is quantized or bf16; this reader takes float32 and float16 models"
+                             " (convert with `--quantization float16`, as faster-whisper's models are)")
+        dtype = CT2_DTYPES[type_id]
+        variables[name] = torch.from_numpy(np.frombuffer(data, dtype, size // dtype().itemsize, position).copy()).view(shape)
+        position += size
+    return variables
 
-        device = torch.device(device)
-        if device.type == "cuda" and ctranslate2.get_cuda_device_count() == 0:
-            log.info("ctranslate2 sees no CUDA device: the whisper encoder runs on the CPU")
-            device = torch.device("cpu")
-        if device.type != self.device.type:
-            self.model = self._load(device.type)
-            self.device = device
-        return self
 
-    def forward(self, features: Tensor) -> Tensor:
-        import ctranslate2
+def whisper_encoder_from_ctranslate2(folder: Path, tokens: int) -> nn.Module:
+    """transformers' Whisper encoder holding a CTranslate2 Whisper model's encoder weights, for windows
+    of `tokens` tokens (the first `tokens` rows of the position table)."""
+    from transformers import WhisperConfig
+    from transformers.models.whisper.modeling_whisper import WhisperEncoder as TorchWhisperEncoder
 
-        view = ctranslate2.StorageView.from_array(np.ascontiguousarray(features.float().cpu().numpy()))
-        return torch.from_numpy(np.asarray(self.model.encode(view, to_cpu=True))).to(features.device)
+    weights = {name.removeprefix("encoder/"): value.float()
+               for name, value in read_ctranslate2_variables(folder / "model.bin").items() if name.startswith("encoder/")}
+    layers = sum(name.endswith("/ffn/linear_0/weight") for name in weights)
+    width, mel_bins, _ = weights["conv1/weight"].shape
+    config = WhisperConfig(d_model=width, num_mel_bins=mel_bins, encoder_layers=layers,
+                           encoder_attention_heads=int(weights["num_heads"]),
+                           encoder_ffn_dim=weights["layer_0/ffn/linear_0/weight"].shape[0], max_source_positions=tokens)
+    state = {"embed_positions.weight": weights["position_encodings/encodings"][:tokens],
+             **{f"{name}.{kind}": weights[f"{name}/{kind}"] for name in ("conv1", "conv2") for kind in ("weight", "bias")},
+             **_layer_norm("layer_norm", weights, "layer_norm")}
+    for index in range(layers):
+        ours, theirs = f"layers.{index}", f"layer_{index}"
+        query, key, value = weights[f"{theirs}/self_attention/linear_0/weight"].chunk(3)
+        query_bias, _, value_bias = weights[f"{theirs}/self_attention/linear_0/bias"].chunk(3)  # keys have no bias
+        state |= {
+            f"{ours}.self_attn.q_proj.weight": query, f"{ours}.self_attn.q_proj.bias": query_bias,
+            f"{ours}.self_attn.k_proj.weight": key,
+            f"{ours}.self_attn.v_proj.weight": value, f"{ours}.self_attn.v_proj.bias": value_bias,
+            **_linear(f"{ours}.self_attn.out_proj", weights, f"{theirs}/self_attention/linear_1"),
+            **_layer_norm(f"{ours}.self_attn_layer_norm", weights, f"{theirs}/self_attention/layer_norm"),
+            **_linear(f"{ours}.fc1", weights, f"{theirs}/ffn/linear_0"),
+            **_linear(f"{ours}.fc2", weights, f"{theirs}/ffn/linear_1"),
+            **_layer_norm(f"{ours}.final_layer_norm", weights, f"{theirs}/ffn/layer_norm"),
+        }
+    module = TorchWhisperEncoder(config)
+    module.load_state_dict(state)
+    return module.eval()
+
+
+def _linear(ours: str, weights: dict[str, Tensor], theirs: str) -> dict[str, Tensor]:
+    return {f"{ours}.weight": weights[f"{theirs}/weight"], f"{ours}.bias": weights[f"{theirs}/bias"]}
+
+
+def _layer_norm(ours: str, weights: dict[str, Tensor], theirs: str) -> dict[str, Tensor]:
+    return {f"{ours}.weight": weights[f"{theirs}/gamma"], f"{ours}.bias": weights[f"{theirs}/beta"]}
 
 
 class WhisperEncoder(FrozenEncoder):
@@ -100,7 +151,6 @@ class WhisperEncoder(FrozenEncoder):
     `max_seconds` (default 10), which also sets the encoder's window."""
 
     kind = "audio"
-    follows_autocast = False  # CTranslate2 runs it, in float32 (it has no bf16 on CPUs)
 
     def __init__(self, config: EncoderConfig) -> None:
         if config.pretrained is None:
@@ -132,7 +182,12 @@ class WhisperEncoder(FrozenEncoder):
     def _load_module(self) -> nn.Module:
         if not (self.folder / "model.bin").is_file():
             raise FileNotFoundError(f"{self.folder / 'model.bin'} not found: `pretrained` must be a CTranslate2 Whisper folder")
-        return CTranslate2WhisperEncoder(str(self.folder))
+        tokens = round(self.preprocessor.window_seconds * SAMPLING_RATE / SAMPLES_PER_TOKEN)
+        return whisper_encoder_from_ctranslate2(self.folder, tokens)
+
+    def encoding_settings(self) -> dict[str, Any]:
+        """Run by torch (formerly by CTranslate2, whose fp32 features differ from torch's in the third digit)."""
+        return {"runtime": "torch"}
 
     def weights_identity(self) -> dict[str, Any]:
         if is_bundled(self.config.pretrained):
@@ -140,7 +195,7 @@ class WhisperEncoder(FrozenEncoder):
         return {"folder_sha256": folder_digest(self.folder)}
 
     def encode(self, inputs: dict[str, Tensor]) -> EncoderOutput:
-        tokens = self.module(inputs["input_features"])
+        tokens = self.module(inputs["input_features"]).last_hidden_state
         positions = torch.arange(tokens.shape[1], device=tokens.device)
         return EncoderOutput(tokens, positions[None, :] < inputs["lengths"].to(tokens.device)[:, None])
 
