@@ -47,7 +47,7 @@ from tqdm.auto import tqdm
 
 from oneencoder.encoders import FrozenEncoder
 from oneencoder.files import atomic_write_text, atomic_write_with, exclusive_lock
-from oneencoder.precision import BF16, FP32
+from oneencoder.precision import BF16, FP32, autocast
 from oneencoder.readers import DEFAULT_MAX_PIXELS, MediaError, Reader, build_reader
 
 from .augment import AugmentedView, AugmentingReader, ImageAugment, view_seed
@@ -397,7 +397,7 @@ def _write_shard(path: Path, chunk: list[Source], settings: _EncodeSettings, pro
             log.warning("skipping %s: %s", chunk[index].where, reason)
             skipped[chunk[index].key] = reason
         if inputs is not None:
-            with torch.autocast(torch.device(settings.device).type, torch.bfloat16, enabled=settings.precision == BF16):
+            with autocast(settings.precision, settings.device):
                 output = encoder({name: tensor.to(settings.device) for name, tensor in inputs.items()})
             for row, index in enumerate(indices):
                 keys.append(chunk[index].key)

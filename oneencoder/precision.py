@@ -57,6 +57,12 @@ def resolve_precision(precision: str, device: torch.device | str = "cpu") -> str
     return choose_precision(torch.device(device).type).precision if precision == AUTO else precision
 
 
+def autocast(precision: str, device: torch.device | str) -> torch.autocast:
+    """bf16 autocast on `device` where `precision` (resolved) is bf16-mixed; a context that changes
+    nothing where it is 32-true."""
+    return torch.autocast(torch.device(device).type, torch.bfloat16, enabled=precision == BF16)
+
+
 def cpu_name() -> str:
     """The CPU's model name (/proc/cpuinfo on Linux), else what platform reports."""
     cpuinfo = Path("/proc/cpuinfo")

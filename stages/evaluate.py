@@ -27,6 +27,7 @@ from datamodules.pairs_dataset import PairCollator, PairDataset
 from oneencoder import OneEncoder
 from oneencoder.files import atomic_write_text
 from oneencoder.model import read_config
+from oneencoder.precision import AUTO, FP32, autocast, choose_precision, resolve_precision
 from oneencoder.readers import DEFAULT_MAX_PIXELS, build_reader
 from oneencoder.retrieval import chance_levels, check_finite, first_relevant_ranks, recall_at_k, relevant_counts
 from oneencoder.zero_shot import (
@@ -95,6 +96,7 @@ class Evaluation:
     zero_shot: list[ZeroShotResult] = field(default_factory=list)
     routing: dict[str, list[float]] = field(default_factory=dict)  # modality -> mean weight per expert (MoE)
     where: dict[str, str] | None = None
+    precision: str = FP32  # what the encoders and the model embedded in (bf16-mixed: under autocast)
     report_data: ReportData | None = None  # what the figures need besides results.json (stages/report.py)
 
     def to_dict(self) -> dict[str, Any]:
@@ -103,6 +105,7 @@ class Evaluation:
             "manifest": self.manifest,
             "split": self.split,
             **({"where": self.where} if self.where else {}),
+            "precision": self.precision,
             "metrics": {f"{r.name}/{k}": v for r in self.results for k, v in r.metrics.items()},
             "chance": {f"{r.name}/{k}": v for r in self.results for k, v in r.chance.items()},
             "sizes": {r.name: {"queries": r.queries, "gallery": r.gallery_size} for r in self.results},
@@ -207,11 +210,13 @@ def embed_records(
     video_backend: str = "decord",
     skip_bad_records: bool = False,
     max_image_pixels: int | None = DEFAULT_MAX_PIXELS,
+    precision: str = FP32,
 ) -> Embedded:
-    """Every item of `modality` in `records` (all captions for text), read, encoded and projected,
-    with each item's router weights when the model is a mixture of experts (from the same encoder
-    features: the encoder, by far the dearest part, runs once); with `skip_bad_records`, items that
-    cannot be read are left out (and logged) instead of failing."""
+    """Every item of `modality` in `records` (all captions for text), read, encoded and projected in
+    `precision` (bf16-mixed: under autocast; reading and preprocessing stay outside it), with each
+    item's router weights when the model is a mixture of experts (from the same encoder features: the
+    encoder, by far the dearest part, runs once); with `skip_bad_records`, items that cannot be read
+    are left out (and logged) instead of failing."""
     encoder = model.encoders[modality]
     readers = {} if modality == "text" else {
         modality: build_reader(modality, encoder.preprocessor, video_backend, max_image_pixels)
@@ -225,9 +230,10 @@ def embed_records(
         if not batch["size"]:  # every record of the batch skipped
             continue
         inputs = {k: v.to(device) for k, v in batch["inputs"][modality].items()}
-        encoded = model.encode(modality, inputs)
-        chunks.append(model.project(modality, encoded.features, encoded.mask).float().cpu())
-        weights = model.routing(modality, encoded.features, encoded.mask)
+        with autocast(precision, device):
+            encoded = model.encode(modality, inputs)
+            chunks.append(model.project(modality, encoded.features, encoded.mask).float().cpu())
+            weights = model.routing(modality, encoded.features, encoded.mask)
         if weights is not None:
             routing.append(weights.float().cpu())
         owners.append(batch["owners"][modality][:, 0])
@@ -238,13 +244,13 @@ def embed_records(
 
 def embed_split(model: OneEncoder, records: Sequence[Record], modality: str, where: str, batch_size: int = 64,
                 num_workers: int = 0, video_backend: str = "decord", skip_bad_records: bool = False,
-                max_image_pixels: int | None = DEFAULT_MAX_PIXELS) -> Embedded:
+                max_image_pixels: int | None = DEFAULT_MAX_PIXELS, precision: str = FP32) -> Embedded:
     """embed_records on the records that have `modality`, with owners indexing `records` (so that
     every modality's rows name the same records), refusing NaN embeddings; `where` names the records
     (manifest and split) in that error."""
     positions = torch.tensor([i for i, r in enumerate(records) if modality in r.fields])
     rows = embed_records(model, [records[i] for i in positions], modality, batch_size, num_workers, video_backend,
-                         skip_bad_records, max_image_pixels)
+                         skip_bad_records, max_image_pixels, precision)
     check_finite(rows.embeddings, modality, where)
     return Embedded(rows.embeddings, positions[rows.owners], rows.routing)
 
@@ -259,10 +265,13 @@ def pair_result(query: str, gallery: str, a: Embedded, b: Embedded, ks: Sequence
     return PairResult(query, gallery, recall_at_k(ranks, ks), chance, len(owners_a), len(owners_b))
 
 
-def class_embeddings(model: OneEncoder, classes: Sequence[str], templates: Sequence[str], batch_size: int = 64) -> Tensor:
-    """(classes, d): each class's prompts embedded as text, averaged into its prototype."""
+def class_embeddings(model: OneEncoder, classes: Sequence[str], templates: Sequence[str], batch_size: int = 64,
+                     precision: str = FP32) -> Tensor:
+    """(classes, d): each class's prompts embedded as text (in `precision`), averaged into its prototype in fp32."""
     prompts = class_prompts(classes, templates)
-    return class_prototypes(model.embed("text", prompts, batch_size=batch_size), len(classes))
+    with autocast(precision, next(model.parameters()).device):
+        embedded = model.embed("text", prompts, batch_size=batch_size)
+    return class_prototypes(embedded.float(), len(classes))
 
 
 def zero_shot_result(modality: str, embedded: Embedded, labels: Sequence[str | None], classes: Sequence[str],
@@ -307,6 +316,7 @@ def evaluate(
     skip_bad_records: bool = False,
     max_image_pixels: int | None = DEFAULT_MAX_PIXELS,
     where: Mapping[str, str] | None = None,
+    precision: str = FP32,
 ) -> Evaluation:
     """Every ordered pair of `modalities` (default: all the model's that the manifest has) that some
     records share; then zero-shot classification of the labelled records' non-text items among
@@ -314,15 +324,16 @@ def evaluate(
     `skip_bad_records`, a media file that is missing or does not decode leaves its record out of the
     pairs and classes that need it, instead of failing. A mixture of experts' mean router weights per
     modality (over the items embedded for retrieval) go to `routing`. With `where`, only the records
-    whose fields equal all its values are evaluated (split_records)."""
+    whose fields equal all its values are evaluated (split_records). `precision` (32-true or
+    bf16-mixed) is what the encoders and the model embed in; rankings are computed in fp32."""
     records = split_records(manifest, split, where)
     present = [m for m in (modalities or model.modalities) if any(m in r.fields for r in records)]
     missing = sorted(set(modalities or ()) - set(present))
     if missing:
         raise ValueError(f"{manifest} has no {split!r} records with {missing}")
     embedded = {m: embed_split(model, records, m, f"{manifest} ({split!r} split)", batch_size, num_workers,
-                               video_backend, skip_bad_records, max_image_pixels) for m in present}
-    evaluation = Evaluation(str(manifest), split, where=dict(where) if where else None)
+                               video_backend, skip_bad_records, max_image_pixels, precision) for m in present}
+    evaluation = Evaluation(str(manifest), split, where=dict(where) if where else None, precision=precision)
     evaluation.routing = {m: e.routing.mean(0).tolist() for m, e in embedded.items() if e.routing is not None}
     for a, b in itertools.permutations(present, 2):
         if any(a in r.fields and b in r.fields for r in records):
@@ -335,7 +346,7 @@ def evaluate(
                                         {m: e.owners for m, e in embedded.items()})
     names = _classes(records, classes, str(manifest))
     if names:
-        prototypes = class_embeddings(model, names, templates, batch_size)
+        prototypes = class_embeddings(model, names, templates, batch_size, precision)
         check_finite(prototypes, "text (class prompt)")
         evaluation.report_data.classes, evaluation.report_data.prototypes = list(names), prototypes
         for m in present:
@@ -378,8 +389,9 @@ def check_media(records: Sequence[Record], modalities: Sequence[str]) -> None:
 
 
 def evaluate_folder(folder: str | os.PathLike[str], manifest: str, split: str = "test", by: str | None = None,
-                    **options: Any) -> Evaluation | StyleEvaluation:
-    """`evaluate` for a stage's output folder, on the GPU when there is one; with `by`, per value of
+                    precision: str = FP32, **options: Any) -> Evaluation | StyleEvaluation:
+    """`evaluate` for a stage's output folder, on the GPU when there is one, embedding in `precision`
+    (auto: bf16-mixed where the device runs bf16 fast, as training's `auto`); with `by`, per value of
     that record field and across them instead (stages/style_eval.py). The manifest is read first, and
     unless `skip_bad_records` its media checked, so that a mistake there is reported before the model
     loads."""
@@ -389,7 +401,12 @@ def evaluate_folder(folder: str | os.PathLike[str], manifest: str, split: str = 
     if not options.get("skip_bad_records"):
         modalities = MODALITIES if by else options.get("modalities") or list(read_config(Path(folder)).encoders)
         check_media(records, modalities)
-    model = OneEncoder.from_pretrained(folder).to("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if precision == AUTO:
+        choice = choose_precision(device.type)
+        print(f"evaluation precision auto: {choice.precision} ({choice.reason})")
+    precision = resolve_precision(precision, device)
+    model = OneEncoder.from_pretrained(folder).to(device)
     if by is None:
-        return evaluate(model, manifest, split, **options)
-    return evaluate_styles(model, manifest, split, by, **options)
+        return evaluate(model, manifest, split, precision=precision, **options)
+    return evaluate_styles(model, manifest, split, by, precision=precision, **options)

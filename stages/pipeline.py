@@ -53,7 +53,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import yaml
 
@@ -99,7 +99,8 @@ class EvaluationSpec:
     """An evaluation of the final model on one manifest split: retrieval between every pair of its
     `modalities` (default: all the model's), and zero-shot classification of labelled records
     (`templates`: prompts with `{}` where the class name goes; `classes`: default the split's labels).
-    `where`: only the records whose fields equal all these values (`{style: openmoji}`). `by`: a record
+    `where`: only the records whose fields equal all these values (`{style: openmoji}`). `precision`:
+    what embedding runs in (32-true; auto: bf16-mixed where this machine runs bf16 fast). `by`: a record
     field (`style`): text<->image per value of it and image->image across values instead
     (stages/style_eval.py), on the final model only; it takes no `modalities`, `templates` or `classes`.
     Its results go to `results-<name>.json` / `.md`, or `results.json` / `.md` when it has no name (one
@@ -117,6 +118,7 @@ class EvaluationSpec:
     classes: list[str] | None = None
     where: dict[str, str] | None = None
     by: str | None = None
+    precision: str = "32-true"
 
 
 NOT_BY = ("modalities", "templates", "classes")  # what an evaluation `by` a field does not take
@@ -188,6 +190,10 @@ def _check_evaluation(spec: EvaluationSpec, where: str) -> None:
             isinstance(key, str) and isinstance(value, str) for key, value in spec.where.items())):
         raise PipelineError(f"{where}: `where` maps record fields to the values to keep, e.g. {{style: openmoji}}"
                             f" (got {spec.where!r})")
+    from oneencoder.precision import EncodingPrecision  # torch: the stages' classes import it anyway
+
+    if spec.precision not in get_args(EncodingPrecision):
+        raise PipelineError(f"{where}: `precision` is one of {list(get_args(EncodingPrecision))} (got {spec.precision!r})")
     if spec.by is None:
         return
     if not isinstance(spec.by, str):

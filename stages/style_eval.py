@@ -19,6 +19,7 @@ import torch
 
 from datamodules.manifest import Record, read_manifest
 from oneencoder import OneEncoder
+from oneencoder.precision import FP32
 from oneencoder.readers import DEFAULT_MAX_PIXELS
 
 from .evaluate import (
@@ -52,6 +53,7 @@ class StyleEvaluation:
     within: list[tuple[str, PairResult]] = field(default_factory=list)
     across: list[PairResult] = field(default_factory=list)
     where: dict[str, str] | None = None
+    precision: str = FP32  # what the encoders and the model embedded in
 
     def _named(self) -> list[tuple[str, PairResult]]:
         """Every result under its flat name: `twemoji/text->image`, `twemoji->openmoji/image->image`."""
@@ -64,6 +66,7 @@ class StyleEvaluation:
             "manifest": self.manifest,
             "split": self.split,
             **({"where": self.where} if self.where else {}),
+            "precision": self.precision,
             "by": self.by,
             "styles": self.styles,
             "held_out": self.held_out,
@@ -116,20 +119,21 @@ def evaluate_styles(
     skip_bad_records: bool = False,
     max_image_pixels: int | None = DEFAULT_MAX_PIXELS,
     where: Mapping[str, str] | None = None,
+    precision: str = FP32,
 ) -> StyleEvaluation:
     """Per value of the records' `by` field, text->image and image->text on its records; across
     values, image->image where the query's concept has an image in the gallery's (pair_result keeps
     the queries and gallery items of the concepts both have). Every record of the split (of those
-    `where` keeps) needs `by` and `concept`."""
+    `where` keeps) needs `by` and `concept`. `precision`: what the encoders and the model embed in."""
     records = split_records(manifest, split, where)
     styles, concepts = _values(records, by, manifest, split), _values(records, CONCEPT, manifest, split)
     names = list(dict.fromkeys(styles))  # in the manifest's order
     trained = {str(r.fields[by]) for r in read_manifest(manifest) if r.split == TRAIN and by in r.fields}
     evaluation = StyleEvaluation(str(manifest), split, by, names, [s for s in names if s not in trained],
-                                 where=dict(where) if where else None)
+                                 where=dict(where) if where else None, precision=precision)
     place = f"{manifest} ({split!r} split)"
     images, texts = (embed_split(model, records, m, place, batch_size, num_workers, video_backend, skip_bad_records,
-                                 max_image_pixels) for m in MODALITIES)
+                                 max_image_pixels, precision) for m in MODALITIES)
     style_index = {s: i for i, s in enumerate(names)}
     concept_index = {c: i for i, c in enumerate(dict.fromkeys(concepts))}
     style_of = torch.tensor([style_index[s] for s in styles])

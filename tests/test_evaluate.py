@@ -115,11 +115,13 @@ def test_table_marks_pairs_never_trained_together():
     assert data["trained_pairs"] == [["audio", "text"]]
 
 
-class PromptTable:
+class PromptTable(torch.nn.Module):
     """A stand-in model whose text embeddings are looked up by prompt."""
 
     def __init__(self, vectors: dict[str, torch.Tensor]) -> None:
+        super().__init__()
         self.vectors = vectors
+        self.where = torch.nn.Parameter(torch.zeros(1))  # the device embedding runs on
 
     def embed(self, modality, items, batch_size=64):
         assert modality == "text"
@@ -208,3 +210,28 @@ def test_a_universal_projection_has_no_router_to_report(tiny_model, shapes_manif
     evaluation = evaluate(tiny_model, str(shapes_manifest))
     assert evaluation.routing == {} and "routing" not in evaluation.to_dict()
     assert "Router weights" not in evaluation.markdown()
+
+
+def test_bf16_evaluation_encodes_under_autocast_reads_outside_it_and_records_it(tiny_model, labelled_manifest,
+                                                                               monkeypatch):
+    seen = {"preprocessing": set(), "encoding": set()}
+    encoder = tiny_model.encoders["image"]
+    preprocess, encode = type(encoder.preprocessor).__call__, type(encoder).encode
+
+    def watched_preprocess(self, items):  # where a mel spectrogram would come out in bf16 and break numpy
+        seen["preprocessing"].add(torch.is_autocast_enabled("cpu"))
+        return preprocess(self, items)
+
+    def watched_encode(self, inputs):
+        seen["encoding"].add(torch.is_autocast_enabled("cpu"))
+        return encode(self, inputs)
+
+    monkeypatch.setattr(type(encoder.preprocessor), "__call__", watched_preprocess)
+    monkeypatch.setattr(type(encoder), "encode", watched_encode)
+    exact = evaluate(tiny_model, str(labelled_manifest), templates=["{}", "a {} shape"])
+    assert seen == {"preprocessing": {False}, "encoding": {False}} and exact.to_dict()["precision"] == "32-true"
+    half = evaluate(tiny_model, str(labelled_manifest), templates=["{}", "a {} shape"], precision="bf16-mixed")
+    assert seen == {"preprocessing": {False}, "encoding": {False, True}} and half.to_dict()["precision"] == "bf16-mixed"
+    embeddings = half.report_data.embeddings["image"]
+    assert embeddings.dtype == torch.float32 and not torch.equal(embeddings, exact.report_data.embeddings["image"])
+    torch.testing.assert_close(embeddings, exact.report_data.embeddings["image"], atol=0.05, rtol=0.05)
