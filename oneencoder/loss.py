@@ -91,7 +91,10 @@ class ContrastiveLoss(nn.Module):
         sizes = process_sizes(len(a), a.device)
         all_a, all_b = gather_with_grad(a.float(), sizes), gather_with_grad(b.float(), sizes)
         scale = self.logit_scale
-        logits = scale * all_a @ all_b.T
+        # In fp32 under autocast too: bf16 keeps 8 significant bits, so a cosine near 0.5 is rounded to
+        # 1/512, which a learnt scale of 50 turns into logits 0.1 apart (the loss off by about 1e-3).
+        with torch.autocast(a.device.type, enabled=False):
+            logits = scale * all_a @ all_b.T
         if sum(sizes) == 0:
             zero = logits.sum()  # 0, with a graph through the scale, `a` and `b` for backward
             detached = zero.detach()

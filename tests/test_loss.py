@@ -49,6 +49,20 @@ def test_learnable_scale_matches_reference_and_learns_at_the_cap():
     assert loss.log_logit_scale.grad is not None and loss.log_logit_scale.grad != 0
 
 
+def test_under_bf16_autocast_the_logits_and_their_gradients_stay_fp32():
+    a, b = _pair(n=64, d=256)
+    loss = ContrastiveLoss(log_logit_scale=math.log(50.0), learnable_scale=True)  # a scale the demo learns
+    exact_a = a.clone().requires_grad_()
+    loss(exact_a, b)["loss"].backward()
+    mixed_a = a.clone().requires_grad_()
+    with torch.autocast("cpu", torch.bfloat16):
+        mixed = loss(mixed_a, b)["loss"]
+    mixed.backward()
+    # bf16 logits (a cosine rounded to 1/512, times 50) put the loss about 1e-3 off
+    torch.testing.assert_close(mixed, reference_infonce(a, b, 50.0), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(mixed_a.grad, exact_a.grad, atol=1e-6, rtol=1e-5)
+
+
 def test_fixed_scale_above_the_cap_is_refused():
     with pytest.raises(ValueError, match=r"log_logit_scale 5.0 gives a scale of 148.4, above max_logit_scale 100"):
         ContrastiveLoss(log_logit_scale=5.0)
