@@ -4,7 +4,8 @@ Machines of one kind differ: one 2-core CPU has bf16 matrix units (AVX512-BF16, 
 several times faster in bf16 than in fp32, another has none and runs bf16 several times slower. So
 the choice is measured, not read from a flag: on a CPU, a short matmul in both dtypes (about a
 second, once per machine: the ratio is cached under cache_home() by CPU model, torch version and
-thread count); on CUDA, whether the device supports bf16.
+thread count); on CUDA, whether the device supports bf16. torch is imported where it is used, so that
+a pipeline's settings are checked against these names without loading it (`oneencoder compare`).
 """
 
 from __future__ import annotations
@@ -14,11 +15,12 @@ import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, get_args
-
-import torch
+from typing import TYPE_CHECKING, Literal, get_args
 
 from .files import atomic_write_text, cache_home
+
+if TYPE_CHECKING:
+    import torch
 
 AUTO = "auto"
 BF16 = "bf16-mixed"
@@ -39,6 +41,8 @@ class Choice:
 
 def choose_precision(accelerator: str | None = None) -> Choice:
     """bf16-mixed or 32-true for the device `accelerator` (Lightning's: auto, cpu, gpu, cuda) trains on."""
+    import torch
+
     on_cuda = torch.cuda.is_available() and accelerator in (None, "auto", "gpu", "cuda")
     if on_cuda:
         if torch.cuda.is_bf16_supported():
@@ -52,6 +56,8 @@ def choose_precision(accelerator: str | None = None) -> Choice:
 
 def resolve_precision(precision: str, device: torch.device | str = "cpu") -> str:
     """`precision` (auto, bf16-mixed or 32-true) as it runs on `device`: auto becomes the choice above."""
+    import torch
+
     if precision not in get_args(EncodingPrecision):
         raise ValueError(f"precision must be one of {list(get_args(EncodingPrecision))} (got {precision!r})")
     return choose_precision(torch.device(device).type).precision if precision == AUTO else precision
@@ -60,6 +66,8 @@ def resolve_precision(precision: str, device: torch.device | str = "cpu") -> str
 def autocast(precision: str, device: torch.device | str) -> torch.autocast:
     """bf16 autocast on `device` where `precision` (resolved) is bf16-mixed; a context that changes
     nothing where it is 32-true."""
+    import torch
+
     return torch.autocast(torch.device(device).type, torch.bfloat16, enabled=precision == BF16)
 
 
@@ -76,6 +84,8 @@ def cpu_name() -> str:
 def cpu_bf16_speedup() -> float:
     """fp32 matmul time / bf16 matmul time on this CPU, measured once per CPU model, torch and thread
     count and then read from the cache."""
+    import torch
+
     key = f"{cpu_name()} | torch {torch.__version__} | {torch.get_num_threads()} threads"
     path = cache_home() / "precision.json"
     try:
@@ -92,6 +102,8 @@ def cpu_bf16_speedup() -> float:
 
 def matmul_seconds(dtype: torch.dtype, size: int = SIZE, repeats: int = 5) -> float:
     """The fastest of `repeats` (size x size) @ (size x size) products in `dtype`, after a warm-up."""
+    import torch
+
     generator = torch.Generator().manual_seed(0)
     a, b = (torch.randn(size, size, generator=generator).to(dtype) for _ in range(2))
     a @ b

@@ -190,7 +190,7 @@ def _check_evaluation(spec: EvaluationSpec, where: str) -> None:
             isinstance(key, str) and isinstance(value, str) for key, value in spec.where.items())):
         raise PipelineError(f"{where}: `where` maps record fields to the values to keep, e.g. {{style: openmoji}}"
                             f" (got {spec.where!r})")
-    from oneencoder.precision import EncodingPrecision  # torch: the stages' classes import it anyway
+    from oneencoder.precision import EncodingPrecision  # without torch: `oneencoder compare` loads specs too
 
     if spec.precision not in get_args(EncodingPrecision):
         raise PipelineError(f"{where}: `precision` is one of {list(get_args(EncodingPrecision))} (got {spec.precision!r})")
