@@ -39,8 +39,8 @@ from datamodules.feature_cache import (
     ReadingCollator,
     ReadingDataset,
     StaleCacheError,
-    pad_features,
     caption_key,
+    pad_features,
     signature_memo,
     sources,
 )

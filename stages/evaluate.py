@@ -405,7 +405,8 @@ def evaluate_folder(folder: str | os.PathLike[str], manifest: str, split: str = 
     if precision == AUTO:
         choice = choose_precision(device.type)
         print(f"evaluation precision auto: {choice.precision} ({choice.reason})")
-    precision = resolve_precision(precision, device)
+        precision = choice.precision
+    precision = resolve_precision(precision, device)  # refuses a setting that is none of the three
     model = OneEncoder.from_pretrained(folder).to(device)
     if by is None:
         return evaluate(model, manifest, split, precision=precision, **options)

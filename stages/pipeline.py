@@ -60,6 +60,7 @@ import yaml
 from datamodules.manifest import MEDIA_FIELDS, BadRecordError, ManifestError, manifest_paths, read_manifests
 from datamodules.signatures import SignatureMemo
 from oneencoder.files import atomic_write_text, atomic_write_with, exclusive_lock
+from oneencoder.precision import EncodingPrecision
 
 from .config_merge import merge_stage_configs
 from .markdown import without_figures
@@ -190,8 +191,6 @@ def _check_evaluation(spec: EvaluationSpec, where: str) -> None:
             isinstance(key, str) and isinstance(value, str) for key, value in spec.where.items())):
         raise PipelineError(f"{where}: `where` maps record fields to the values to keep, e.g. {{style: openmoji}}"
                             f" (got {spec.where!r})")
-    from oneencoder.precision import EncodingPrecision  # without torch: `oneencoder compare` loads specs too
-
     if spec.precision not in get_args(EncodingPrecision):
         raise PipelineError(f"{where}: `precision` is one of {list(get_args(EncodingPrecision))} (got {spec.precision!r})")
     if spec.by is None:
