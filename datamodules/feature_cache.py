@@ -18,12 +18,13 @@ signature (a media file's path and content digest, see signatures.py; a caption'
 made differently is refused with what differs, never used; a build over a cache whose files changed
 or whose manifest gained records encodes again only the shards holding those items.
 
-An image cache built with `augment` (see augment.py) holds `views` items per image: view 0, keyed by
-the record id, is the plain image, then views 1, 2, ... keyed `<id>@<view>`, each augmented with a seed
-fixed by that key. The items are stored view after view, each view's in shards of its own, so view
-0's shards are exactly the shards of a cache without augmentation (a manifest grown by a shard's
-worth renumbers the later views' shards, which are then encoded again); the header records the
-settings under "reader".
+An image cache built with `augment` (see augment.py) holds view 0 of every image, keyed by the record
+id: the plain image, which validation, testing and embedding read; and for the training images (only
+training draws augmented views) views 1, 2, ... keyed `<id>@<view>`, each augmented with a seed fixed
+by that key. The items are stored view after view, each view's in shards of its own, so view 0's
+shards are exactly the shards of a cache without augmentation (a manifest grown by a shard's worth
+renumbers the later views' shards, which are then encoded again); the header records the settings
+under "reader" and each view's number of items under "view_sizes".
 """
 
 from __future__ import annotations
@@ -86,6 +87,7 @@ class Source:
     signature: str
     value: Any  # the caption string, or the media file's Path
     where: str  # manifest line and id, for error messages
+    view: int = 0  # an augmented image's view (see the module's docstring)
 
 
 def caption_key(caption: str) -> str:
@@ -113,17 +115,19 @@ def signature_memo(folder: str | os.PathLike[str]) -> SignatureMemo:
 def sources(records: Sequence[Record], modality: str, memo: SignatureMemo | None = None,
             augment: ImageAugment | None = None) -> list[Source]:
     """Every item of `modality` in the records, in manifest order (each distinct caption once, where it
-    first occurs; with `augment`, every image's view 0, then every image's view 1, ...); `memo` spares
-    hashing media files unchanged since it saw them."""
+    first occurs; with `augment`, every image's view 0, then every training image's view 1, ...); `memo`
+    spares hashing media files unchanged since it saw them."""
     if modality != "text":
         paths = [record.path(modality) for record in records]
         signatures = (memo or SignatureMemo(None)).signatures(paths)
         plain = [Source(record.id, signature, path, record.where())
                  for record, path, signature in zip(records, paths, signatures)]
         views = augment.views if augment is not None else 1
-        keyed = [(view_key(item.key, view), item) for view in range(1, views) for item in plain]
-        return plain + [Source(key, item.signature, AugmentedView(item.value, view_seed(key)), item.where)
-                        for key, item in keyed]
+        trained = [item for record, item in zip(records, plain) if record.split == "train"]
+        return plain + [
+            Source(key, item.signature, AugmentedView(item.value, view_seed(key)), item.where, view)
+            for view in range(1, views) for item in trained for key in [view_key(item.key, view)]
+        ]
     items: dict[str, Source] = {}
     for record in records:
         for caption in record.captions():
@@ -254,8 +258,12 @@ def _unchanged_shards(old: dict[str, Any], new: dict[str, Any]) -> set[int]:
 
 
 def _views(header: dict[str, Any]) -> int:
-    """Items per record: `augment.views` in an augmented image cache, else 1."""
+    """Views per training image: `augment.views` in an augmented image cache, else 1."""
     return header["reader"].get("augment", {}).get("views", 1)
+
+
+def _view_sizes(items: Sequence[Source], views: int) -> list[int]:
+    return [sum(item.view == view for item in items) for view in range(views)]
 
 
 def _shard_ranges(header: dict[str, Any]) -> list[range]:
@@ -263,9 +271,11 @@ def _shard_ranges(header: dict[str, Any]) -> list[range]:
     `items_per_shard` of their own, so that view 0's shards, and the batches encoding them, are a
     cache's without augmentation."""
     size, views = header["items_per_shard"], _views(header)
-    per_view = len(header["sources"]) // views
-    return [range(view * per_view + start, view * per_view + min(start + size, per_view))
-            for view in range(views) for start in range(0, per_view, size)]
+    # Caches from before "view_sizes" held every view of every image.
+    sizes = header.get("view_sizes") or [len(header["sources"]) // views] * views
+    starts = [sum(sizes[:view]) for view in range(views)]
+    return [range(first + start, first + min(start + size, count))
+            for first, count in zip(starts, sizes) for start in range(0, count, size)]
 
 
 def _remove_shards_except(folder: Path, kept: set[int]) -> None:
@@ -308,6 +318,7 @@ def _header(
         "dtype": dtype,
         "precision": precision,
         "items_per_shard": items_per_shard,
+        "view_sizes": _view_sizes(items, augment.views if augment is not None else 1),
         "sources": {item.key: item.signature for item in items},
     })
 

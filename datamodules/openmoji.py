@@ -7,7 +7,7 @@ the codebook stage, labelled by the emoji's group.
 Everything derives from the package and the seed, so a build is reproducible without a network
 beyond `npm pack`: the same settings give byte-identical files, and a second run rewrites nothing.
 Splits are by emoji, so no drawing, sound or name is shared between train, val and test.
-Needs `rsvg-convert` and `espeak-ng` (Debian: `apt-get install librsvg2-bin espeak-ng`).
+Needs librsvg (drawing, in-process: svg.py) and `espeak-ng` (Debian: `apt-get install librsvg2-bin espeak-ng`).
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from oneencoder.readers import resample
 from .manifest import SPLITS, read_manifest
 from .npm import fetch_package
 from .shapes import write_video
+from .svg import SvgError, check_library, draw_png
 
 log = logging.getLogger(__name__)
 
@@ -210,9 +211,12 @@ def run_tool(command: list[str], what: str, target: Path, stdin: str | None = No
 
 def check_tools() -> None:
     """Fails before any work is done when a tool is missing, naming the packages to install."""
-    for tool in ("rsvg-convert", "espeak-ng"):
-        if shutil.which(tool) is None:
-            raise OpenMojiError(f"{tool} not found: {TOOLS_HINT}")
+    try:
+        check_library()
+    except SvgError as error:
+        raise OpenMojiError(f"{error}; {TOOLS_HINT}") from None
+    if shutil.which("espeak-ng") is None:
+        raise OpenMojiError(f"espeak-ng not found: {TOOLS_HINT}")
 
 
 @dataclass(frozen=True)
@@ -240,16 +244,17 @@ class Job:
 
 
 def draw_svg(svg: Path | str, target: Path, size: int, what: str) -> bool:
-    """`svg` (a file, or a document's text) drawn at size x size, RGB on white, into the PNG `target`;
-    False when it was already there."""
+    """`svg` (a file, or a document's text) drawn at size x size on white into the PNG `target`, as
+    `rsvg-convert` draws it (svg.py); False when it was already there."""
     if target.exists():
         return False
     partial = partial_path(target)
-    command = ["rsvg-convert", "-w", str(size), "-h", str(size), "--background-color", "white", "-o", str(partial)]
-    if isinstance(svg, Path):
-        run_tool([*command, str(svg)], what, target)
-    else:
-        run_tool(command, what, target, stdin=svg)
+    document = svg.read_bytes() if isinstance(svg, Path) else svg.encode()
+    try:
+        draw_png(document, partial, size)
+    except SvgError as error:
+        source = svg if isinstance(svg, Path) else "its SVG document"
+        raise OpenMojiError(f"{what}: librsvg failed drawing {source} into {target}: {error}") from None
     partial.replace(target)
     return True
 

@@ -121,7 +121,7 @@ def data_parser() -> ArgumentParser:
     commands.add_subcommand("shapes-av", shapes_av)
     openmoji = ArgumentParser(
         description="Emoji from the OpenMoji npm package: per emoji its drawing, its name spoken (16 kHz)"
-        " and captions; for some, a clip of the drawing panning, zooming or rotating. Needs rsvg-convert"
+        " and captions; for some, a clip of the drawing panning, zooming or rotating. Needs librsvg"
         " and espeak-ng (apt-get install librsvg2-bin espeak-ng), and npm unless --package is given."
     )
     openmoji.add_argument("root", help="folder to write images/, audio/, video/, build.json and manifest.jsonl into")
@@ -139,7 +139,7 @@ def data_parser() -> ArgumentParser:
     corpus = ArgumentParser(
         description="The demo's corpus: OpenMoji (as `data openmoji`) plus the same emoji in six more styles,"
         " one held-out style (test only) and named icons, from Iconify's npm packages; every record has"
-        " `style`, `concept` and `source`, splits are by concept. Needs rsvg-convert, espeak-ng and npm."
+        " `style`, `concept` and `source`, splits are by concept. Needs librsvg, espeak-ng and npm."
     )
     corpus.add_argument("root", help="folder to write images/, audio/, video/, manifest.jsonl and corpus.json into")
     corpus.add_argument("--seed", type=int, default=0)

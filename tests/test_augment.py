@@ -69,8 +69,12 @@ def test_views_are_distinct_rows_view_0_is_the_plain_cache_and_builds_repeat(few
     plain = _build(tmp_path / "plain", few)
     folder = _build(tmp_path / "views", few, augment=AUGMENT)
     cache, plain_cache = FeatureCache(folder), FeatureCache(plain)
-    assert cache.views == 3 and cache.num_shards == 9 and len(cache.index) == 60
+    # View 0 of the 20 images in 3 shards, views 1 and 2 of the 16 training images in 2 shards each.
+    assert cache.views == 3 and cache.num_shards == 7 and len(cache.index) == 20 + 2 * 16
     for record in read_manifest(few):
+        if record.split != "train":  # only training draws augmented views
+            assert view_key(record.id, 1) not in cache and torch.equal(cache[record.id], plain_cache[record.id])
+            continue
         rows = [cache[view_key(record.id, view)] for view in range(3)]
         assert torch.equal(rows[0], plain_cache[record.id])
         assert not any(torch.equal(rows[a], rows[b]) for a, b in ((0, 1), (0, 2), (1, 2)))
@@ -94,7 +98,19 @@ def test_views_are_distinct_rows_view_0_is_the_plain_cache_and_builds_repeat(few
     write_shard = feature_cache._write_shard
     monkeypatch.setattr(feature_cache, "_write_shard", write)
     _build(tmp_path / "views", changed, augment=AUGMENT)
-    assert written == ["shard-00001.safetensors", "shard-00004.safetensors", "shard-00007.safetensors"]
+    assert written == ["shard-00001.safetensors", "shard-00004.safetensors", "shard-00006.safetensors"]
+
+
+def test_a_cache_from_before_view_sizes_holding_every_view_of_every_image_still_reads(few, tmp_path):
+    trained = few.with_name("few-train.jsonl")  # all training records: every image has every view
+    trained.write_text("".join(line + "\n" for line in few.read_text().splitlines() if '"train"' in line))
+    folder = _build(tmp_path / "cache", trained, augment=AUGMENT)
+    expected = FeatureCache(folder)
+    header = json.loads((folder / "header.json").read_text())
+    del header["view_sizes"]
+    (folder / "header.json").write_text(json.dumps(header))
+    old = FeatureCache(folder)
+    assert old.num_shards == expected.num_shards == 6 and old.index == expected.index
 
 
 def test_other_augmentation_settings_are_refused_naming_them_and_overwrite_rebuilds(few, tmp_path):

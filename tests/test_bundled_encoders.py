@@ -38,14 +38,15 @@ def test_efficientnet_lite0_names_the_cat_in_a_photo():
     assert logits.argmax(-1).item() == EGYPTIAN_CAT
 
 
-def test_efficientnet_padding_moved_into_the_convolutions_gives_the_package_s_features():
+def test_efficientnet_with_padding_and_batch_norms_moved_into_the_convolutions_gives_the_package_s_features():
     from efficientnet_lite_pytorch import EfficientNet
 
     encoder = build_encoder(efficientnet("image", size=160))
     package = EfficientNet.from_name("efficientnet-lite0").eval()
-    package.load_state_dict(encoder.module.state_dict())
+    package.load_state_dict(torch.load(encoder.weights_path, weights_only=True))
     pads = [type(m.static_padding).__name__ for m in encoder.module.modules() if hasattr(m, "static_padding")]
     assert pads.count("ZeroPad2d") == 5 and pads.count("Identity") > 5  # only the five stride-2 layers pad apart
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in encoder.module.modules())
     pixels = (encoder.preprocess([chelsea()])["pixel_values"].float() - 127) / 128
     with torch.no_grad():
         torch.testing.assert_close(encoder.module.extract_features(pixels), package.extract_features(pixels),
