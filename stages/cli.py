@@ -226,20 +226,26 @@ def cache_command(argv: Sequence[str]) -> None:
     can serve the config: `--overwrite` deletes such a cache and builds it anew, and changes nothing
     else. One build per folder at a time: a second one waits for the first, then finds the cache done.
     """
-    import torch
-
-    from .lightning_cli import OneEncoderCLI
-
     words = list(argv)
     overwrite = "--overwrite" in words
     words = [w for w in words if w != "--overwrite"]
     if not words or words[0] in ("-h", "--help"):
         print(cache_command.__doc__)
         return
-    # The words come from `oneencoder cache ...` itself; LightningCLI's warning about args beside
-    # sys.argv assumes they were meant for it.
+    build_stage_cache(words, overwrite)
+
+
+def build_stage_cache(words: Sequence[str], overwrite: bool = False) -> None:
+    """The feature cache of the stage that `words` (--config files and overrides, as `fit` takes them)
+    configure, on the GPU when there is one; `oneencoder cache`, and the pipeline before each fit."""
+    import torch
+
+    from .lightning_cli import OneEncoderCLI
+
+    # The words come from `oneencoder cache ...` or the pipeline; LightningCLI's warning about args
+    # beside sys.argv assumes they were meant for it.
     warnings.filterwarnings("ignore", message=r".*args parameter is intended to run from within Python.*")
-    cli = OneEncoderCLI(subclass_mode_model=True, subclass_mode_data=True, run=False, args=words)
+    cli = OneEncoderCLI(subclass_mode_model=True, subclass_mode_data=True, run=False, args=list(words))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     cli.datamodule.build_feature_cache(device, overwrite=overwrite)
     modules = getattr(cli.datamodule, "source_modules", [cli.datamodule])  # BalancedDataModule: one per source

@@ -62,6 +62,7 @@ from datamodules.signatures import SignatureMemo
 from oneencoder.files import atomic_write_text, atomic_write_with, exclusive_lock
 from oneencoder.precision import EncodingPrecision
 
+from .cli import build_stage_cache, is_user_mistake
 from .config_merge import merge_stage_configs
 from .markdown import without_figures
 from .processes import run_child
@@ -491,17 +492,20 @@ class StageRun:
         return weights
 
     def _build_feature_cache(self, config_path: Path) -> None:
-        """Encode the stage's data in one process before `fit`: under DDP the other ranks would wait
-        for rank 0's build at a barrier that times out after 30 minutes, which a large set outlasts.
+        """Encode the stage's data before `fit`, in this process: under DDP the other ranks would wait
+        for rank 0's build at a barrier that times out after 30 minutes, which a large set outlasts;
+        and a process of its own would import torch and Lightning once more (6-8 s on 2 CPU cores).
         A complete cache is checked and left as it is; an interrupted build resumes."""
         print(f"[pipeline] {self.spec.name}: feature cache")
-        command = [sys.executable, "-m", "stages.cli", "cache", "--config", str(config_path)]
-        returncode = run_child(command)
-        if returncode != 0:
+        try:
+            build_stage_cache(["--config", str(config_path)])
+        except Exception as error:
+            if not is_user_mistake(error):
+                raise
             raise PipelineError(
-                f"stage {self.spec.name!r}: building its feature cache failed ({_exit_status(returncode)}); fix"
-                " the cause and run the same command again: the build resumes at its first unfinished shard"
-            )
+                f"stage {self.spec.name!r}: building its feature cache failed: {error} Fix the cause and run the"
+                " same command again: the build resumes at its first unfinished shard"
+            ) from error
 
     def _set_aside(self, state: dict[str, Any] | None, reason: str) -> None:
         old = (state or {}).get("hash", "unknown")[:8]

@@ -214,7 +214,7 @@ def test_every_paper_stage_config_parses_as_written(config, capsys, monkeypatch)
 @pytest.mark.slow  # two minutes: three pipelines of three processes each, every evaluation and its report
 def test_paper_pipelines_run_one_step_per_stage_and_report_each_table(paper_workdir):
     printed = "".join(_pipeline(f"configs/paper/{name}.yaml", paper_workdir) for name in PIPELINES)
-    assert printed.count("feature cache ready") == 3  # built before fit, one process per stage
+    assert printed.count("feature cache ready") == 3  # built before each fit, in the pipeline's process
     out = paper_workdir / "outputs/paper"
     assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["align-audio", "align-video", "figures", "up"]
     assert (out / "report.html").is_file()  # every evaluation's figures, the zero-shot-only ones included

@@ -299,6 +299,7 @@ def fake_fit(monkeypatch):
         return 0
 
     monkeypatch.setattr("stages.pipeline.run_child", run_child)
+    monkeypatch.setattr("stages.pipeline.build_stage_cache", lambda words: None)
     return trained
 
 
