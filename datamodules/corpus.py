@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .iconify import NUMBERED, IconSet, icon_concept, load_icon_set, words
-from .npm import fetch_package
+from .npm import fetch_package, pack_archives
 from .openmoji import (
     OPENMOJI_VERSION,
     VIDEO_PER_SPLIT,
@@ -241,6 +241,8 @@ def build_corpus(
                             {**emoji_styles, **held_out, **icon_sets, "emojibase": EMOJIBASE}.items()}}
     claim_root(root, settings)
     remove_partials(root)
+    pack_archives(root / "downloads", [("openmoji", OPENMOJI_VERSION), EMOJIBASE, *emoji_styles.values(),
+                                       *held_out.values(), *icon_sets.values()], CorpusError)
     package = fetch_openmoji(root / "downloads")
     emoji, openmoji = openmoji_records(root, package, seed=seed, size=size, video_per_split=video_per_split,
                                        frames=frames, limit=None, workers=workers)

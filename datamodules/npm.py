@@ -1,4 +1,4 @@
-"""npm packages as data: `npm pack` one pinned version into a downloads folder, extract it there,
+"""npm packages as data: `npm pack` pinned versions into a downloads folder, extract each there,
 and never do either twice. Both steps go through a temporary name, so an interrupted one is redone
 rather than mistaken for finished; an archive already in the folder (copied by hand onto a machine
 without npm or network) is used as it is."""
@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import tarfile
 from pathlib import Path
+from typing import Sequence
 
 
 def archive_name(name: str, version: str) -> str:
@@ -24,8 +25,7 @@ def fetch_package(downloads: Path, name: str, version: str, error: type[Exceptio
     archive = downloads / archive_name(name, version)
     folder = archive.with_suffix("")
     if not folder.is_dir():
-        if not archive.is_file():
-            _npm_pack(downloads, archive, f"{name}@{version}", error, instead)
+        pack_archives(downloads, [(name, version)], error, instead)
         partial = downloads / f".{folder.name}.part"
         shutil.rmtree(partial, ignore_errors=True)
         with tarfile.open(archive) as tar:
@@ -34,19 +34,30 @@ def fetch_package(downloads: Path, name: str, version: str, error: type[Exceptio
     return folder / "package"
 
 
-def _npm_pack(downloads: Path, archive: Path, spec: str, error: type[Exception], instead: str) -> None:
-    alternative = f" or {instead}" if instead else f" or put {archive.name} (from `npm pack {spec}`) into {downloads}"
+def pack_archives(downloads: Path, packages: Sequence[tuple[str, str]], error: type[Exception] = RuntimeError,
+                  instead: str = "") -> None:
+    """`npm pack` each (name, version) whose archive is neither in `downloads` nor extracted there,
+    all in one call: npm starts once and fetches them side by side (a second each, one by one)."""
+    downloads = Path(downloads)
+    missing = [(name, version) for name, version in dict.fromkeys(packages)
+               if not (downloads / archive_name(name, version)).is_file()
+               and not (downloads / archive_name(name, version)).with_suffix("").is_dir()]
+    if not missing:
+        return
+    specs = [f"{name}@{version}" for name, version in missing]
+    names = [archive_name(name, version) for name, version in missing]
+    alternative = f" or {instead}" if instead else f" or put {', '.join(names)} (from `npm pack {' '.join(specs)}`) into {downloads}"
     if shutil.which("npm") is None:
-        raise error(f"npm not found, so {spec} cannot be downloaded: install Node.js/npm (e.g. `apt-get install npm`)"
-                    f"{alternative}")
-    partial = downloads / f".{archive.stem}.npm-pack.part"
+        raise error(f"npm not found, so {', '.join(specs)} cannot be downloaded: install Node.js/npm"
+                    f" (e.g. `apt-get install npm`){alternative}")
+    partial = downloads / ".npm-pack.part"
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
-    command = ["npm", "pack", spec, "--pack-destination", str(partial)]
+    command = ["npm", "pack", *specs, "--pack-destination", str(partial)]
     result = subprocess.run(command, capture_output=True, text=True, check=False)
-    packed = partial / archive.name
-    if result.returncode != 0 or not packed.is_file():
+    if result.returncode != 0 or not all((partial / name).is_file() for name in names):
         raise error(f"`{' '.join(command)}` failed ({result.stderr.strip() or result.stdout.strip()}); check the"
                     f" network{alternative}")
-    packed.rename(archive)
+    for name in names:
+        (partial / name).rename(downloads / name)
     partial.rmdir()
