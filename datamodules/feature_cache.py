@@ -72,7 +72,13 @@ CACHE_COMMAND = "`oneencoder cache --config <your stage config>`"
 
 
 class StaleCacheError(RuntimeError):
-    """A feature cache exists but does not match the current encoder, storage settings or files."""
+    """A feature cache exists but does not match the current encoder, storage settings or files.
+    `reason` is what does not match, without the advice on fixing it (for callers that do not need it
+    fixed: an evaluation that encodes instead)."""
+
+    def __init__(self, reason: str, fix: str = "") -> None:
+        super().__init__(f"{reason}{fix}")
+        self.reason = reason
 
 
 class CorruptCacheError(StaleCacheError):
@@ -134,6 +140,21 @@ def sources(records: Sequence[Record], modality: str, memo: SignatureMemo | None
             key = caption_key(caption)
             items.setdefault(key, Source(key, key, caption, record.where()))
     return list(items.values())
+
+
+def signable(records: Sequence[Record], modality: str) -> list[Record]:
+    """The records whose `modality` can be signed as a cache build signs it (a file that exists,
+    captions all non-empty): a build skips the others, so no cache holds them."""
+    usable = []
+    for record in records:
+        if modality not in record.fields:
+            continue
+        try:
+            record.check((modality,))
+        except BadRecordError:
+            continue
+        usable.append(record)
+    return usable
 
 
 def pad_features(rows: Sequence[Tensor]) -> dict[str, Tensor]:
@@ -497,24 +518,39 @@ class FeatureCache:
             differs = _differences(cached, _as_json(encoder.description))
             raise StaleCacheError(
                 f"{self.folder} was built by another encoder or preprocessing ({cached['fingerprint']}, now"
-                f" {encoder.fingerprint}); what differs: {', '.join(differs) or 'the encoder class'}.{replace}"
+                f" {encoder.fingerprint}); what differs: {', '.join(differs) or 'the encoder class'}", f".{replace}"
             )
         reader = _reader_settings(self.header["modality"], video_backend, augment)
         if self.header["reader"] != reader:
             differs = ", ".join(_differences(self.header["reader"], reader))
             raise StaleCacheError(
                 f"{self.folder} was decoded with {self.header['reader']}, the config asks for {reader}; what"
-                f" differs: {differs}.{replace}"
+                f" differs: {differs}", f".{replace}"
             )
         if dtype != self.header["dtype"]:
-            raise StaleCacheError(f"{self.folder} stores {self.header['dtype']} features, the config asks for {dtype}.{replace}")
+            raise StaleCacheError(f"{self.folder} stores {self.header['dtype']} features, the config asks for {dtype}",
+                                  f".{replace}")
         precision = _precision_run(encoder, precision)
         if precision != self.precision:
             raise StaleCacheError(
-                f"{self.folder} was encoded in {self.precision}, the config asks for {precision} (`cache_precision`;"
-                f" `auto` picks bf16-mixed only where this machine runs bf16 fast). Set `cache_precision:"
-                f" {self.precision}` to use it as it is.{replace}"
+                f"{self.folder} was encoded in {self.precision}, the config asks for {precision}",
+                " (`cache_precision`; `auto` picks bf16-mixed only where this machine runs bf16 fast). Set"
+                f" `cache_precision: {self.precision}` to use it as it is.{replace}"
             )
+
+    def check_encoder(self, encoder: FrozenEncoder, video_backend: str, precision: str | None = None) -> None:
+        """check_maker for reading the plain items back (an image's view 0) whatever the storage dtype
+        and augmented views: refuse a cache that another encoder, preprocessing or video decoder made,
+        or, given `precision`, that the encoder made in another precision."""
+        self.check_maker(encoder, self.header["dtype"], video_backend, self.augment, precision or self.precision)
+
+    def served(self, items: Sequence[Source]) -> set[str]:
+        """The keys of `items` this cache holds as they are now (the same file content or caption,
+        decoded when it was built); none while shards are missing."""
+        if self.missing_shards:
+            return set()
+        held = self.header["sources"]
+        return {item.key for item in items if held.get(item.key) == item.signature and item.key in self}
 
     def check_items(self, items: Sequence[Source]) -> None:
         """Refuse a cache that lacks some of `items`, holds them from files that changed since, or

@@ -299,6 +299,10 @@ def evaluate_command(argv: Sequence[str]) -> None:
                         help="what the encoders and the model embed in; auto: bf16-mixed where this machine runs"
                         " bf16 fast (as training's `precision: auto`; on the demo's final model every R@k within"
                         " 0.017 of fp32's); rankings are computed in fp32 either way")
+    parser.add_argument("--feature_cache", action="append", default=None, metavar="DIR",
+                        help="a stage's feature cache folder (its data.init_args.feature_cache): a modality whose"
+                        " cache there holds every record, made by the model's encoder in this precision from the"
+                        " same files, is read from it instead of encoded again; repeat for several")
     parser.add_argument("--output", default=None, help="folder for results.json and results.md")
     args = parser.parse_args(list(argv))
     if args.output and Path(args.output).exists() and not Path(args.output).is_dir():
@@ -311,7 +315,7 @@ def evaluate_command(argv: Sequence[str]) -> None:
                                  batch_size=args.batch_size, num_workers=args.num_workers,
                                  video_backend=args.video_backend, templates=args.templates, classes=args.classes,
                                  skip_bad_records=args.skip_bad_records, max_image_pixels=args.max_image_pixels,
-                                 where=where, precision=args.precision)
+                                 where=where, precision=args.precision, feature_caches=args.feature_cache or ())
     print(evaluation.markdown())
     if args.output:
         from .report import write_report

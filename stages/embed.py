@@ -41,6 +41,7 @@ from datamodules.feature_cache import (
     StaleCacheError,
     caption_key,
     pad_features,
+    signable,
     signature_memo,
     sources,
 )
@@ -219,10 +220,7 @@ def open_caches(feature_cache: str | dict[str, str], records: list[Record] | Non
             continue
         cache = FeatureCache(folder)
         try:
-            # Embedding reads view 0, the plain image, whatever augmented views an image cache also holds,
-            # in whatever precision the encoder ran in.
-            cache.check_maker(model.encoders[modality], cache.header["dtype"], video_backend, cache.augment,
-                              cache.precision)
+            cache.check_encoder(model.encoders[modality], video_backend)  # in whatever precision it ran in
         except StaleCacheError as error:
             raise StaleCacheError(f"--feature_cache: {error} Or drop --feature_cache to encode every item from its"
                                   " file.") from None
@@ -231,9 +229,7 @@ def open_caches(feature_cache: str | dict[str, str], records: list[Record] | Non
             log.warning("%s is unfinished (%d of %d shards missing): its items are encoded from their files;"
                         " finish it with `oneencoder cache`", folder, len(cache.missing_shards), cache.num_shards)
             continue
-        held = cache.header["sources"]
-        signed = sources(_signable(records, modality), modality, signature_memo(folder))
-        caches[modality].served = {s.key for s in signed if held.get(s.key) == s.signature and s.key in cache}
+        caches[modality].served = cache.served(sources(signable(records, modality), modality, signature_memo(folder)))
     if not caches:
         raise FileNotFoundError(f"--feature_cache {feature_cache} holds no cache for {list(modalities)} (expected"
                                 f" <folder>/<modality>/{CACHE_HEADER}, as a stage's `feature_cache` has it)")
@@ -247,21 +243,6 @@ def _cache_folder(feature_cache: str | dict[str, str], modality: str) -> Path | 
         return Path(feature_cache[modality]) / modality if modality in feature_cache else None
     folder = Path(feature_cache) / modality
     return folder if (folder / CACHE_HEADER).is_file() else None
-
-
-def _signable(records: list[Record], modality: str) -> list[Record]:
-    """The records whose `modality` can be signed like a cache build signs it (files that exist,
-    captions all non-empty): the others are skipped anyway, and cannot be in a cache."""
-    usable = []
-    for record in records:
-        if modality not in record.fields:
-            continue
-        try:
-            record.check((modality,))
-        except BadRecordError:
-            continue
-        usable.append(record)
-    return usable
 
 
 # --- encoding ------------------------------------------------------------------------------------------

@@ -22,6 +22,15 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from datamodules.feature_cache import (
+    HEADER_NAME,
+    FeatureCache,
+    StaleCacheError,
+    pad_features,
+    signable,
+    signature_memo,
+    sources,
+)
 from datamodules.manifest import BadRecordError, Record, read_manifest
 from datamodules.pairs_dataset import PairCollator, PairDataset
 from oneencoder import OneEncoder
@@ -211,19 +220,25 @@ def embed_records(
     skip_bad_records: bool = False,
     max_image_pixels: int | None = DEFAULT_MAX_PIXELS,
     precision: str = FP32,
+    cache: FeatureCache | None = None,
 ) -> Embedded:
     """Every item of `modality` in `records` (all captions for text), read, encoded and projected in
     `precision` (bf16-mixed: under autocast; reading and preprocessing stay outside it), with each
     item's router weights when the model is a mixture of experts (from the same encoder features: the
     encoder, by far the dearest part, runs once); with `skip_bad_records`, items that cannot be read
-    are left out (and logged) instead of failing."""
-    encoder = model.encoders[modality]
-    readers = {} if modality == "text" else {
-        modality: build_reader(modality, encoder.preprocessor, video_backend, max_image_pixels)
-    }
-    dataset = PairDataset(list(records), (modality,), skip_bad_records=skip_bad_records, readers=readers)
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers,
-                        collate_fn=PairCollator({modality: encoder.preprocessor}, (modality,)))
+    are left out (and logged) instead of failing. With `cache` (one that serves these records, see
+    serving_caches) the frozen features are read from it: only the trained part runs."""
+    if cache is not None:
+        dataset = PairDataset(list(records), (modality,), skip_bad_records=skip_bad_records, caches={modality: cache})
+        collator = PairCollator({modality: pad_features}, (modality,))
+    else:
+        encoder = model.encoders[modality]
+        readers = {} if modality == "text" else {
+            modality: build_reader(modality, encoder.preprocessor, video_backend, max_image_pixels)
+        }
+        dataset = PairDataset(list(records), (modality,), skip_bad_records=skip_bad_records, readers=readers)
+        collator = PairCollator({modality: encoder.preprocessor}, (modality,))
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collator)
     device = next(model.parameters()).device
     chunks, owners, routing = [], [], []
     for batch in tqdm(loader, desc=f"embedding {modality}", unit="batch", leave=False):
@@ -244,15 +259,50 @@ def embed_records(
 
 def embed_split(model: OneEncoder, records: Sequence[Record], modality: str, where: str, batch_size: int = 64,
                 num_workers: int = 0, video_backend: str = "decord", skip_bad_records: bool = False,
-                max_image_pixels: int | None = DEFAULT_MAX_PIXELS, precision: str = FP32) -> Embedded:
+                max_image_pixels: int | None = DEFAULT_MAX_PIXELS, precision: str = FP32,
+                cache: FeatureCache | None = None) -> Embedded:
     """embed_records on the records that have `modality`, with owners indexing `records` (so that
     every modality's rows name the same records), refusing NaN embeddings; `where` names the records
     (manifest and split) in that error."""
     positions = torch.tensor([i for i, r in enumerate(records) if modality in r.fields])
     rows = embed_records(model, [records[i] for i in positions], modality, batch_size, num_workers, video_backend,
-                         skip_bad_records, max_image_pixels, precision)
+                         skip_bad_records, max_image_pixels, precision, cache)
     check_finite(rows.embeddings, modality, where)
     return Embedded(rows.embeddings, positions[rows.owners], rows.routing)
+
+
+def serving_caches(model: OneEncoder, records: Sequence[Record], modalities: Sequence[str],
+                   roots: Sequence[str | os.PathLike[str]], precision: str,
+                   video_backend: str = "decord") -> dict[str, FeatureCache]:
+    """Per modality of `modalities`, the first feature cache `<root>/<modality>` (a stage's
+    `feature_cache` folder: the test split is cached with the others) that holds every item of
+    `records` (an image's plain view, each caption) as the model's encoder makes it in `precision`
+    from these very files: the frozen encoders' work, done once by the stage's cache build, read back
+    instead of done again. A cache that cannot serve is named with the reason, and that modality is
+    encoded as without one."""
+    caches = {}
+    for modality in modalities:
+        having = [r for r in records if modality in r.fields]
+        for folder in (Path(root) / modality for root in roots):
+            if not having or not (folder / HEADER_NAME).is_file():
+                continue
+            try:
+                cache = FeatureCache(folder)
+                cache.check_encoder(model.encoders[modality], video_backend, precision)
+            except StaleCacheError as error:
+                print(f"evaluation: {modality} encoded, not read from the cache: {error.reason}")
+                continue
+            readable = signable(having, modality)  # a record the build skipped as bad is in no cache
+            items = sources(readable, modality, signature_memo(folder))
+            held = len(cache.served(items))
+            if held < len(items) or len(readable) < len(having):
+                print(f"evaluation: {modality} encoded, not read from the cache: {folder} holds {held} of the"
+                      f" {len(items)} items of these records as they are now")
+                continue
+            print(f"evaluation: {modality} features of {len(items)} items read from {folder}")
+            caches[modality] = cache
+            break
+    return caches
 
 
 def pair_result(query: str, gallery: str, a: Embedded, b: Embedded, ks: Sequence[int]) -> PairResult:
@@ -317,6 +367,7 @@ def evaluate(
     max_image_pixels: int | None = DEFAULT_MAX_PIXELS,
     where: Mapping[str, str] | None = None,
     precision: str = FP32,
+    feature_caches: Sequence[str | os.PathLike[str]] = (),
 ) -> Evaluation:
     """Every ordered pair of `modalities` (default: all the model's that the manifest has) that some
     records share; then zero-shot classification of the labelled records' non-text items among
@@ -325,14 +376,18 @@ def evaluate(
     pairs and classes that need it, instead of failing. A mixture of experts' mean router weights per
     modality (over the items embedded for retrieval) go to `routing`. With `where`, only the records
     whose fields equal all its values are evaluated (split_records). `precision` (32-true or
-    bf16-mixed) is what the encoders and the model embed in; rankings are computed in fp32."""
+    bf16-mixed) is what the encoders and the model embed in; rankings are computed in fp32.
+    `feature_caches`: stages' feature cache folders to read the frozen features from where they serve
+    (serving_caches)."""
     records = split_records(manifest, split, where)
     present = [m for m in (modalities or model.modalities) if any(m in r.fields for r in records)]
     missing = sorted(set(modalities or ()) - set(present))
     if missing:
         raise ValueError(f"{manifest} has no {split!r} records with {missing}")
+    caches = serving_caches(model, records, present, feature_caches, precision, video_backend)
     embedded = {m: embed_split(model, records, m, f"{manifest} ({split!r} split)", batch_size, num_workers,
-                               video_backend, skip_bad_records, max_image_pixels, precision) for m in present}
+                               video_backend, skip_bad_records, max_image_pixels, precision, caches.get(m))
+                for m in present}
     evaluation = Evaluation(str(manifest), split, where=dict(where) if where else None, precision=precision)
     evaluation.routing = {m: e.routing.mean(0).tolist() for m, e in embedded.items() if e.routing is not None}
     for a, b in itertools.permutations(present, 2):

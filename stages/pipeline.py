@@ -313,9 +313,17 @@ def data_sources(config: dict[str, Any]) -> list[tuple[str | list[str], list[str
     return [(args.get("manifest") or [], _modalities(config))]
 
 
-def has_feature_cache(config: dict[str, Any]) -> bool:
+def feature_cache_roots(config: dict[str, Any]) -> list[str]:
+    """The folders the stage's feature caches go to (each holding `<modality>/`): its data module's
+    `feature_cache` (one folder, or one per modality) and its sources' (BalancedDataModule)."""
     args = _data_args(config)
-    return bool(args.get("feature_cache")) or any((source or {}).get("feature_cache") for source in args.get("sources") or [])
+    roots = []
+    for setting in [args.get("feature_cache"), *((source or {}).get("feature_cache") for source in args.get("sources") or [])]:
+        if isinstance(setting, dict):
+            roots += [str(folder) for folder in setting.values()]
+        elif setting:
+            roots.append(str(setting))
+    return list(dict.fromkeys(roots))
 
 
 def _signature_memo(output: Path | None) -> SignatureMemo:
@@ -458,7 +466,7 @@ class StageRun:
         config_path = self.folder / "config.yaml"
         atomic_write_text(config_path, yaml.safe_dump(self.config, sort_keys=False))
         self.write_state("running", previous_weights)
-        if has_feature_cache(self.config):
+        if feature_cache_roots(self.config):
             with clock.phase(f"{self.spec.name}: feature cache"):
                 self._build_feature_cache(config_path)
         command = [sys.executable, "-m", "stages.cli", "fit", "--config", str(config_path)]
@@ -661,11 +669,12 @@ def run_pipeline(path: str | os.PathLike[str]) -> Path:
         pairs = trained_pairs(run.config)
         models.append(StageModel(run.spec.name, run.folder, weights, pairs, pairs.union(*(m.pairs for m in models))))
     output, final = Path(spec.output), models[-1]
+    caches = [root for run in runs for root in feature_cache_roots(run.config)]  # the test split's frozen features
     for evaluation in spec.evaluation:
-        final_results = _evaluate(evaluation, output, output, final, clock)
+        final_results = _evaluate(evaluation, output, output, final, caches, clock)
         print(without_figures((output / f"{_results_stem(evaluation)}.md").read_text()))
         if spec.evaluate_each_stage and evaluation.by is None:  # a forgetting table compares pairs of modalities
-            _evaluate_each_stage(evaluation, output, models, final_results, clock)
+            _evaluate_each_stage(evaluation, output, models, final_results, caches, clock)
     if spec.report:
         from .report import write_report
 
@@ -677,13 +686,13 @@ def run_pipeline(path: str | os.PathLike[str]) -> Path:
 
 
 def _evaluate_each_stage(spec: EvaluationSpec, output: Path, models: list[StageModel], final_results: Path,
-                         clock: PhaseClock) -> None:
+                         caches: list[str], clock: PhaseClock) -> None:
     """The evaluation on every stage's model, in `<output>/<stage>/`, then the forgetting table."""
     from .forgetting import forgetting_table, write_forgetting
 
     results = {}
     for model in models:
-        path = _evaluate(spec, output, output / model.name, model, clock, reuse=final_results, of_stage=True)
+        path = _evaluate(spec, output, output / model.name, model, caches, clock, reuse=final_results, of_stage=True)
         results[model.name] = read_json(path)
     table = forgetting_table([m.name for m in models], {m.name: m.pairs for m in models}, results)
     stem = f"forgetting-{spec.name}" if spec.name else "forgetting"
@@ -695,11 +704,12 @@ def _results_stem(spec: EvaluationSpec) -> str:
     return f"results-{spec.name}" if spec.name else "results"
 
 
-def _evaluate(spec: EvaluationSpec, output: Path, folder: Path, model: StageModel, clock: PhaseClock,
-              reuse: Path | None = None, of_stage: bool = False) -> Path:
+def _evaluate(spec: EvaluationSpec, output: Path, folder: Path, model: StageModel, caches: list[str],
+              clock: PhaseClock, reuse: Path | None = None, of_stage: bool = False) -> Path:
     """Evaluate `model` into `folder`, unless results for these weights (their digest), settings and
     data are there already (or in `reuse`, then copied); returns the results.json path. A stage's
-    model (`of_stage`) is evaluated on those of the listed modalities it has."""
+    model (`of_stage`) is evaluated on those of the listed modalities it has. The frozen features are
+    read from the stages' feature `caches` where they serve (evaluate.serving_caches)."""
     from .evaluate import evaluate_folder
     from .report_data import embeddings_path
 
@@ -732,10 +742,11 @@ def _evaluate(spec: EvaluationSpec, output: Path, folder: Path, model: StageMode
         print(f"[pipeline] {label}: {model.folder} on {spec.manifest} ({spec.split})")
         with clock.phase(label):
             if spec.by is None:
-                evaluation = evaluate_folder(model.folder, **settings)
+                evaluation = evaluate_folder(model.folder, feature_caches=caches, **settings)
                 evaluation.trained = model.trained
             else:
-                evaluation = evaluate_folder(model.folder, **{k: v for k, v in settings.items() if k not in NOT_BY})
+                evaluation = evaluate_folder(model.folder, feature_caches=caches,
+                                             **{k: v for k, v in settings.items() if k not in NOT_BY})
             evaluation.write(folder, extra={"hash": key}, stem=stem)
         print(f"[pipeline] {label}: done in {duration(clock.phases[-1][1])}")
     return results_path

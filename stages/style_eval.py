@@ -29,6 +29,7 @@ from .evaluate import (
     metric_cell,
     of_records,
     pair_result,
+    serving_caches,
     split_records,
     write_results,
 )
@@ -120,11 +121,13 @@ def evaluate_styles(
     max_image_pixels: int | None = DEFAULT_MAX_PIXELS,
     where: Mapping[str, str] | None = None,
     precision: str = FP32,
+    feature_caches: Sequence[str | os.PathLike[str]] = (),
 ) -> StyleEvaluation:
     """Per value of the records' `by` field, text->image and image->text on its records; across
     values, image->image where the query's concept has an image in the gallery's (pair_result keeps
     the queries and gallery items of the concepts both have). Every record of the split (of those
-    `where` keeps) needs `by` and `concept`. `precision`: what the encoders and the model embed in."""
+    `where` keeps) needs `by` and `concept`. `precision`: what the encoders and the model embed in;
+    `feature_caches`: where the frozen features may be read from (evaluate.serving_caches)."""
     records = split_records(manifest, split, where)
     styles, concepts = _values(records, by, manifest, split), _values(records, CONCEPT, manifest, split)
     names = list(dict.fromkeys(styles))  # in the manifest's order
@@ -132,8 +135,9 @@ def evaluate_styles(
     evaluation = StyleEvaluation(str(manifest), split, by, names, [s for s in names if s not in trained],
                                  where=dict(where) if where else None, precision=precision)
     place = f"{manifest} ({split!r} split)"
+    caches = serving_caches(model, records, MODALITIES, feature_caches, precision, video_backend)
     images, texts = (embed_split(model, records, m, place, batch_size, num_workers, video_backend, skip_bad_records,
-                                 max_image_pixels, precision) for m in MODALITIES)
+                                 max_image_pixels, precision, caches.get(m)) for m in MODALITIES)
     style_index = {s: i for i, s in enumerate(names)}
     concept_index = {c: i for i, c in enumerate(dict.fromkeys(concepts))}
     style_of = torch.tensor([style_index[s] for s in styles])

@@ -15,6 +15,8 @@ from oneencoder import OneEncoder
 from oneencoder.config import ProjectionConfig
 from oneencoder.retrieval import NonFiniteEmbeddingError, chance_levels, recall_at_k
 from oneencoder.zero_shot import accuracy_at_k
+from datamodules.feature_cache import build_cache
+from datamodules.manifest import read_manifest
 from stages.evaluate import (
     Embedded,
     Evaluation,
@@ -22,6 +24,7 @@ from stages.evaluate import (
     embed_records,
     evaluate,
     pair_result,
+    serving_caches,
     split_records,
     zero_shot_result,
 )
@@ -89,6 +92,41 @@ def test_evaluation_equals_the_full_matrix_computation(tiny_model, labelled_mani
     ks = [k for k in (1, 5) if k < len(classes)] or [1]
     metrics, majority = reference_zero_shot(embedded["image"].embeddings[labelled], targets, prototypes, ks)
     assert (zero_shot.metrics, zero_shot.majority) == (metrics, majority)
+
+
+def _refuse_to_encode(model, modality, monkeypatch):
+    def refuse(inputs):
+        raise AssertionError(f"the {modality} encoder ran although its cache serves")
+
+    monkeypatch.setattr(model.encoders[modality], "encode", refuse)
+
+
+def test_evaluation_reads_frozen_features_from_a_stage_cache(tiny_model, labelled_manifest, tmp_path, monkeypatch, capsys):
+    records = read_manifest(labelled_manifest)  # every split: a stage caches them all
+    for modality in ("image", "text"):
+        having = [r for r in records if modality in r.fields]
+        build_cache(tmp_path / "cache", modality, having, tiny_model.encoders[modality], items_per_shard=16)
+    encoded = evaluate(tiny_model, str(labelled_manifest), templates=["{}"])
+    _refuse_to_encode(tiny_model, "image", monkeypatch)  # the captions' encoder still makes the class prompts
+    cached = evaluate(tiny_model, str(labelled_manifest), templates=["{}"], feature_caches=[tmp_path / "elsewhere", tmp_path / "cache"])
+    assert "image features of" in capsys.readouterr().out
+    for modality in ("image", "text"):
+        torch.testing.assert_close(cached.report_data.embeddings[modality], encoded.report_data.embeddings[modality])
+    assert [r.metrics for r in cached.results] == [r.metrics for r in encoded.results]
+
+
+def test_a_cache_that_cannot_serve_is_named_and_its_modality_encoded(tiny_model, labelled_manifest, tmp_path, capsys):
+    records = [r for r in read_manifest(labelled_manifest) if "image" in r.fields]
+    build_cache(tmp_path / "cache", "image", records[:-3], tiny_model.encoders["image"])  # lacks 3 test images
+    test = split_records(str(labelled_manifest), "test")
+    images = sum("image" in r.fields for r in test)
+    assert serving_caches(tiny_model, test, ["image"], [tmp_path / "cache"], "32-true") == {}
+    folder = tmp_path / "cache" / "image"
+    assert f"image encoded, not read from the cache: {folder} holds {images - 3} of the {images} items" in capsys.readouterr().out
+    build_cache(tmp_path / "bf16", "image", records, tiny_model.encoders["image"], precision="bf16-mixed")
+    assert serving_caches(tiny_model, test, ["image"], [tmp_path / "bf16"], "32-true") == {}
+    assert "was encoded in bf16-mixed, the config asks for 32-true\n" in capsys.readouterr().out  # no advice to rebuild
+    assert list(serving_caches(tiny_model, test, ["image"], [tmp_path / "bf16"], "bf16-mixed")) == ["image"]
 
 
 @pytest.mark.parametrize("chunk", [1, 7, 1000, None])

@@ -22,7 +22,7 @@ from oneencoder import OneEncoder
 from stages import pipeline
 from stages.config_merge import merge_stage_configs
 from stages.markdown import without_figures
-from stages.pipeline import (PipelineError, PipelineSpec, StageSpec, data_sources, has_feature_cache, model_trained_pairs, plan, resolve_stage_config, run_pipeline, stage_lock, start_model,
+from stages.pipeline import (PipelineError, PipelineSpec, StageSpec, data_sources, feature_cache_roots, model_trained_pairs, plan, resolve_stage_config, run_pipeline, stage_lock, start_model,
                              trained_pairs, weights_digest)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -140,7 +140,7 @@ def test_hash_follows_every_source_of_a_balanced_data_module(tmp_path):
 
     first = staged()
     assert data_sources(first.config) == [(str(manifests[0]), ["image", "text"]), ([str(manifests[1])], ["audio", "text"])]
-    assert has_feature_cache(first.config)  # the second source's cache counts
+    assert feature_cache_roots(first.config) == ["cache"]  # the second source's cache counts
     assert staged().hash == first.hash
     manifests[1].write_text('{"id": "b", "split": "train"}\n')
     assert staged().hash != first.hash
@@ -605,7 +605,9 @@ def chain(shapes_manifest, tmp_path_factory):
     def write(output, **settings):
         path = root / f"{output}.yaml"
         path.write_text(yaml.safe_dump({"output": str(root / output), "stages": stages,
-                                        "evaluation": {"manifest": str(shapes_manifest), "split": "test"}, **settings}))
+                                        "evaluation": {"manifest": str(shapes_manifest), "split": "test",
+                                                       "precision": "auto"},  # as the stages' caches
+                                        **settings}))
         return path
 
     return root, write
@@ -641,6 +643,9 @@ def test_pipeline_evaluates_every_pair_and_transitive_retrieval_is_far_above_cha
         assert metrics[f"{pair}/R@10"] > 2.5 * chance[f"{pair}/R@10"], pair
         assert metrics[f"{pair}/MedR"] < chance[f"{pair}/MedR"] / 2, pair
     assert "| audio->image |" in stdout and "no (transitive)" in stdout
+    # The test split's captions are read back from align-audio's cache: it was built by the text encoder
+    # saved with up's model (the random encoders that the stages build from their configs are other ones).
+    assert "evaluation: text features of 288 items read from" in stdout
     assert without_figures((output / "results.md").read_text()) in stdout  # the tables; the figures are files
     assert (output / "report.html").is_file() and (output / "figures" / "joint-space.png").is_file()
 
