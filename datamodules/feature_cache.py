@@ -590,6 +590,18 @@ class FeatureCache:
         return {**self.__dict__, "_handles": {}}
 
 
+@dataclass
+class ServedFeatures:
+    """One modality's plain items (an image's view 0, each caption), each read from the cache that
+    holds it as it is now: several stages' caches of a modality together, each holding its own records'
+    items (an evaluation's captions come from every stage that paired text with something)."""
+
+    owners: dict[str, FeatureCache]
+
+    def __getitem__(self, key: str) -> Tensor:
+        return self.owners[key][key]
+
+
 def _examples(items: Sequence[Source]) -> str:
     """A few items as an error names them: a media file's path, a caption's manifest line and record."""
     return ", ".join(str(item.value) if isinstance(item.value, Path) else item.where for item in items[:3])

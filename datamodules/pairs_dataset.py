@@ -13,7 +13,7 @@ from torch.utils.data import Dataset
 
 from oneencoder.readers import MediaError, Reader
 
-from .feature_cache import FeatureCache, caption_key, pick_view, view_key
+from .feature_cache import FeatureCache, ServedFeatures, caption_key, pick_view, view_key
 from .manifest import BadRecordError, Record
 
 log = logging.getLogger(__name__)
@@ -30,7 +30,8 @@ class PairDataset(Dataset):
     seeds the readers' random windows, so the sampler alone decides an epoch, whichever worker reads
     which item. A row is raw (caption, image, ...), read by `readers`, or, for a modality in
     `caches`, its cached token features: in training, of the view the draw picks from a cache of
-    several views per image (see feature_cache.pick_view), else of view 0, the plain image.
+    several views per image (see feature_cache.pick_view), else of view 0, the plain image (all that
+    ServedFeatures, an evaluation's, holds).
     """
 
     def __init__(
@@ -38,7 +39,7 @@ class PairDataset(Dataset):
         records: list[Record],
         modalities: tuple[str, ...],
         skip_bad_records: bool,
-        caches: Mapping[str, FeatureCache] | None = None,
+        caches: Mapping[str, FeatureCache | ServedFeatures] | None = None,
         readers: Mapping[str, Reader] | None = None,
     ) -> None:
         self.records = records

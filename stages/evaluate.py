@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from datamodules.feature_cache import (
     HEADER_NAME,
     FeatureCache,
+    ServedFeatures,
     StaleCacheError,
     pad_features,
     signable,
@@ -220,13 +221,13 @@ def embed_records(
     skip_bad_records: bool = False,
     max_image_pixels: int | None = DEFAULT_MAX_PIXELS,
     precision: str = FP32,
-    cache: FeatureCache | None = None,
+    cache: ServedFeatures | None = None,
 ) -> Embedded:
     """Every item of `modality` in `records` (all captions for text), read, encoded and projected in
     `precision` (bf16-mixed: under autocast; reading and preprocessing stay outside it), with each
     item's router weights when the model is a mixture of experts (from the same encoder features: the
     encoder, by far the dearest part, runs once); with `skip_bad_records`, items that cannot be read
-    are left out (and logged) instead of failing. With `cache` (one that serves these records, see
+    are left out (and logged) instead of failing. With `cache` (these records' items, see
     serving_caches) the frozen features are read from it: only the trained part runs."""
     if cache is not None:
         dataset = PairDataset(list(records), (modality,), skip_bad_records=skip_bad_records, caches={modality: cache})
@@ -260,7 +261,7 @@ def embed_records(
 def embed_split(model: OneEncoder, records: Sequence[Record], modality: str, where: str, batch_size: int = 64,
                 num_workers: int = 0, video_backend: str = "decord", skip_bad_records: bool = False,
                 max_image_pixels: int | None = DEFAULT_MAX_PIXELS, precision: str = FP32,
-                cache: FeatureCache | None = None) -> Embedded:
+                cache: ServedFeatures | None = None) -> Embedded:
     """embed_records on the records that have `modality`, with owners indexing `records` (so that
     every modality's rows name the same records), refusing NaN embeddings; `where` names the records
     (manifest and split) in that error."""
@@ -273,36 +274,40 @@ def embed_split(model: OneEncoder, records: Sequence[Record], modality: str, whe
 
 def serving_caches(model: OneEncoder, records: Sequence[Record], modalities: Sequence[str],
                    roots: Sequence[str | os.PathLike[str]], precision: str,
-                   video_backend: str = "decord") -> dict[str, FeatureCache]:
-    """Per modality of `modalities`, the first feature cache `<root>/<modality>` (a stage's
-    `feature_cache` folder: the test split is cached with the others) that holds every item of
-    `records` (an image's plain view, each caption) as the model's encoder makes it in `precision`
-    from these very files: the frozen encoders' work, done once by the stage's cache build, read back
-    instead of done again. A cache that cannot serve is named with the reason, and that modality is
-    encoded as without one."""
-    caches = {}
+                   video_backend: str = "decord") -> dict[str, ServedFeatures]:
+    """Per modality of `modalities` whose every item in `records` (an image's plain view, each
+    caption) the feature caches `<root>/<modality>` hold together, as the model's encoder makes it in
+    `precision` from these very files: those items, each from the first cache that holds it. `roots`
+    are stages' `feature_cache` folders (every split is cached, the test split too): the frozen
+    encoders' work, done once by the stages' cache builds, is read back instead of done again. A
+    modality they do not cover is encoded, with the reason printed."""
+    served = {}
     for modality in modalities:
         having = [r for r in records if modality in r.fields]
-        for folder in (Path(root) / modality for root in roots):
-            if not having or not (folder / HEADER_NAME).is_file():
-                continue
+        readable = signable(having, modality)  # a record a build skipped as bad is in no cache
+        folders = [Path(root) / modality for root in roots if (Path(root) / modality / HEADER_NAME).is_file()]
+        if not having or not folders:
+            continue
+        items = sources(readable, modality, signature_memo(folders[0]))
+        owners: dict[str, FeatureCache] = {}
+        refused = []
+        for folder in folders:
             try:
                 cache = FeatureCache(folder)
                 cache.check_encoder(model.encoders[modality], video_backend, precision)
             except StaleCacheError as error:
-                print(f"evaluation: {modality} encoded, not read from the cache: {error.reason}")
+                refused.append(error.reason)
                 continue
-            readable = signable(having, modality)  # a record the build skipped as bad is in no cache
-            items = sources(readable, modality, signature_memo(folder))
-            held = len(cache.served(items))
-            if held < len(items) or len(readable) < len(having):
-                print(f"evaluation: {modality} encoded, not read from the cache: {folder} holds {held} of the"
-                      f" {len(items)} items of these records as they are now")
-                continue
-            print(f"evaluation: {modality} features of {len(items)} items read from {folder}")
-            caches[modality] = cache
-            break
-    return caches
+            for key in cache.served(items):
+                owners.setdefault(key, cache)
+        if len(owners) < len(items) or len(readable) < len(having):
+            print(f"evaluation: {modality} encoded: the caches in {', '.join(map(str, folders))} hold {len(owners)}"
+                  f" of its {len(items)} items as they are now" + "".join(f"; {reason}" for reason in refused))
+            continue
+        print(f"evaluation: {modality} features of {len(items)} items read from"
+              f" {', '.join(str(c.folder) for c in dict.fromkeys(owners.values()))}")
+        served[modality] = ServedFeatures(owners)
+    return served
 
 
 def pair_result(query: str, gallery: str, a: Embedded, b: Embedded, ks: Sequence[int]) -> PairResult:

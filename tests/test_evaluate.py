@@ -103,13 +103,19 @@ def _refuse_to_encode(model, modality, monkeypatch):
 
 def test_evaluation_reads_frozen_features_from_a_stage_cache(tiny_model, labelled_manifest, tmp_path, monkeypatch, capsys):
     records = read_manifest(labelled_manifest)  # every split: a stage caches them all
-    for modality in ("image", "text"):
-        having = [r for r in records if modality in r.fields]
-        build_cache(tmp_path / "cache", modality, having, tiny_model.encoders[modality], items_per_shard=16)
+    images = [r for r in records if "image" in r.fields]
+    captioned = [r for r in records if "text" in r.fields]
+    build_cache(tmp_path / "up", "image", images, tiny_model.encoders["image"], items_per_shard=16)
+    # Two stages' caption caches, each of its own records': together they hold every caption.
+    build_cache(tmp_path / "up", "text", captioned[::2], tiny_model.encoders["text"], items_per_shard=16)
+    build_cache(tmp_path / "align", "text", captioned[1::2], tiny_model.encoders["text"], items_per_shard=16)
     encoded = evaluate(tiny_model, str(labelled_manifest), templates=["{}"])
     _refuse_to_encode(tiny_model, "image", monkeypatch)  # the captions' encoder still makes the class prompts
-    cached = evaluate(tiny_model, str(labelled_manifest), templates=["{}"], feature_caches=[tmp_path / "elsewhere", tmp_path / "cache"])
-    assert "image features of" in capsys.readouterr().out
+    cached = evaluate(tiny_model, str(labelled_manifest), templates=["{}"],
+                      feature_caches=[tmp_path / "elsewhere", tmp_path / "up", tmp_path / "align"])
+    out = capsys.readouterr().out
+    assert f"image features of {sum(r.split == 'test' for r in images)} items read from {tmp_path / 'up' / 'image'}\n" in out
+    assert f"read from {tmp_path / 'up' / 'text'}, {tmp_path / 'align' / 'text'}\n" in out
     for modality in ("image", "text"):
         torch.testing.assert_close(cached.report_data.embeddings[modality], encoded.report_data.embeddings[modality])
     assert [r.metrics for r in cached.results] == [r.metrics for r in encoded.results]
@@ -122,7 +128,7 @@ def test_a_cache_that_cannot_serve_is_named_and_its_modality_encoded(tiny_model,
     images = sum("image" in r.fields for r in test)
     assert serving_caches(tiny_model, test, ["image"], [tmp_path / "cache"], "32-true") == {}
     folder = tmp_path / "cache" / "image"
-    assert f"image encoded, not read from the cache: {folder} holds {images - 3} of the {images} items" in capsys.readouterr().out
+    assert f"image encoded: the caches in {folder} hold {images - 3} of its {images} items as they are now\n" in capsys.readouterr().out
     build_cache(tmp_path / "bf16", "image", records, tiny_model.encoders["image"], precision="bf16-mixed")
     assert serving_caches(tiny_model, test, ["image"], [tmp_path / "bf16"], "32-true") == {}
     assert "was encoded in bf16-mixed, the config asks for 32-true\n" in capsys.readouterr().out  # no advice to rebuild
