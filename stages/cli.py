@@ -300,9 +300,9 @@ def evaluate_command(argv: Sequence[str]) -> None:
                         " bf16 fast (as training's `precision: auto`; on the demo's final model every R@k within"
                         " 0.017 of fp32's); rankings are computed in fp32 either way")
     parser.add_argument("--feature_cache", action="append", default=None, metavar="DIR",
-                        help="a stage's feature cache folder (its data.init_args.feature_cache): a modality whose"
-                        " cache there holds every record, made by the model's encoder in this precision from the"
-                        " same files, is read from it instead of encoded again; repeat for several")
+                        help="a stage's feature cache folder (its data.init_args.feature_cache); repeat for several:"
+                        " a modality whose caches there together hold every record's item, made by the model's"
+                        " encoder in this precision from the same files, is read from them instead of encoded")
     parser.add_argument("--output", default=None, help="folder for results.json and results.md")
     args = parser.parse_args(list(argv))
     if args.output and Path(args.output).exists() and not Path(args.output).is_dir():
