@@ -284,10 +284,10 @@ def serving_caches(model: OneEncoder, records: Sequence[Record], modalities: Seq
     served = {}
     for modality in modalities:
         having = [r for r in records if modality in r.fields]
-        readable = signable(having, modality)  # a record a build skipped as bad is in no cache
         folders = [Path(root) / modality for root in roots if (Path(root) / modality / HEADER_NAME).is_file()]
-        if not having or not folders:
+        if not having or not folders:  # before signing any file: without caches, nothing to compare
             continue
+        readable = signable(having, modality)  # a record a build skipped as bad is in no cache
         items = sources(readable, modality, signature_memo(folders[0]))
         owners: dict[str, FeatureCache] = {}
         refused = []
